@@ -1,0 +1,42 @@
+# Two entry points for a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+SAM2_VERSION ?= 1.1.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test lint bench clean
+
+install: $(STAMP)
+
+# torch first (a local CPU wheel where one is offered), then everything else
+# constrained to that torch, then sam2 built against it without an isolated
+# build env (which would download a CUDA torch) and without its torchvision.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+	$(PIP) install --quiet torch==$(TORCH_VERSION)
+	$(PIP) install --quiet -c constraints.txt -r requirements.txt -r requirements-dev.txt
+	SAM2_BUILD_CUDA=$${SAM2_BUILD_CUDA:-0} $(PIP) install --quiet --no-build-isolation --no-deps \
+		-c constraints.txt sam2==$(SAM2_VERSION)
+	$(PY) -c "import torch, sam2, redis, safetensors, cv2, nuclio_sdk; print('torch', torch.__version__)"
+	touch $(STAMP)
+
+serve: install
+	$(PY) serve.py
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: install
+	$(PY) -m bench.run_benchmark
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
