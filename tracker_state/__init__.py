@@ -1,0 +1,34 @@
+"""Per-object SAM 2 tracking state, its safe serialisation, and the stores that keep it."""
+
+from tracker_state.serialization import StateFormatError, decode_state, encode_state
+from tracker_state.state import SHAPE_TYPES, ObjectState
+from tracker_state.stores import (
+    TOKEN_PATTERN,
+    InMemoryStateStore,
+    RedisStateStore,
+    StateConflict,
+    StateError,
+    StateNotFound,
+    StateRef,
+    StateStore,
+    StoreUnavailable,
+    store_from_env,
+)
+
+__all__ = [
+    "SHAPE_TYPES",
+    "TOKEN_PATTERN",
+    "InMemoryStateStore",
+    "ObjectState",
+    "RedisStateStore",
+    "StateConflict",
+    "StateError",
+    "StateFormatError",
+    "StateNotFound",
+    "StateRef",
+    "StateStore",
+    "StoreUnavailable",
+    "decode_state",
+    "encode_state",
+    "store_from_env",
+]

@@ -1,0 +1,184 @@
+"""Safe, versioned serialisation of ObjectState into a few independent parts.
+
+A state is stored as named parts, each a safetensors blob (tensors plus a small
+string header; nothing is ever unpickled):
+
+* ``head``: format version, model id, shape type, frame index and size, the
+  prompt's object pointer and a fixed ring of ``pointer_capacity`` recent
+  pointers (unused rows have frame index -1). Fixed size, so the bytes held per
+  object do not grow with the video.
+* ``prompt``: the prompt frame's memory, written once when tracking starts.
+* ``mem<k>``: ring slot k = frame_index % memory_capacity, one recent memory with
+  the frame index it belongs to (checked against the head on load, which also
+  catches a torn or mixed-up write).
+
+Per tracked frame only ``head`` and one ``mem<k>`` change (see ``changed_parts``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from tracker_state.state import SHAPE_TYPES, ObjectState
+
+FORMAT_VERSION = "1"
+HEAD = "head"
+PROMPT = "prompt"
+MEMORY_DTYPE = torch.bfloat16
+POINTER_DTYPE = torch.float32
+
+
+class StateFormatError(ValueError):
+    """Stored bytes are not a state this version can read."""
+
+
+def memory_part(slot: int) -> str:
+    return f"mem{slot}"
+
+
+def part_names(memory_capacity: int) -> list[str]:
+    """Every part a state may have, for a model reading ``memory_capacity`` memories."""
+    return [HEAD, PROMPT, *(memory_part(k) for k in range(memory_capacity))]
+
+
+def _encode_head(state: ObjectState) -> bytes:
+    channels = state.prompt_obj_ptr.shape[0]
+    ring = torch.zeros(state.pointer_capacity, channels, dtype=POINTER_DTYPE)
+    ring_frames = torch.full((state.pointer_capacity,), -1, dtype=torch.int64)
+    for t, ptr in state.obj_ptrs.items():
+        ring[t % state.pointer_capacity] = ptr
+        ring_frames[t % state.pointer_capacity] = t
+    memory_frames = torch.full((state.memory_capacity,), -1, dtype=torch.int64)
+    for t in state.memories:
+        memory_frames[t % state.memory_capacity] = t
+    tensors = {
+        "frame_index": torch.tensor([state.frame_index], dtype=torch.int64),
+        "frame_size": torch.tensor(state.frame_size, dtype=torch.int64),
+        "prompt_obj_ptr": state.prompt_obj_ptr.to(POINTER_DTYPE).contiguous(),
+        "obj_ptrs": ring,
+        "obj_ptr_frames": ring_frames,
+        "memory_frames": memory_frames,
+        "memory_shape": torch.tensor(tuple(state.prompt_memory.shape), dtype=torch.int64),
+    }
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "model_id": state.model_id,
+        "shape_type": state.shape_type,
+        "legacy": "1" if state.legacy else "0",
+    }
+    return save_tensors(tensors, metadata=metadata)
+
+
+def _encode_memory(memory: torch.Tensor, frame_index: int) -> bytes:
+    return save_tensors(
+        {
+            "memory": memory.to(MEMORY_DTYPE).contiguous(),
+            "frame_index": torch.tensor([frame_index], dtype=torch.int64),
+        }
+    )
+
+
+def encode_state(state: ObjectState) -> dict[str, bytes]:
+    """All parts of a state (used when tracking starts and in tests)."""
+    parts = {HEAD: _encode_head(state), PROMPT: _encode_memory(state.prompt_memory, 0)}
+    for t, memory in state.memories.items():
+        parts[memory_part(t % state.memory_capacity)] = _encode_memory(memory, t)
+    return parts
+
+
+def changed_parts(state: ObjectState) -> dict[str, bytes]:
+    """The parts that differ from the state one frame earlier: the head and the newest memory."""
+    parts = {HEAD: _encode_head(state)}
+    newest = state.frame_index
+    if newest in state.memories:
+        parts[memory_part(newest % state.memory_capacity)] = _encode_memory(
+            state.memories[newest], newest
+        )
+    return parts
+
+
+def _load(blob: bytes, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not isinstance(blob, bytes | bytearray) or len(blob) < 8:
+        raise StateFormatError(f"state part {name!r} is missing or truncated")
+    try:
+        tensors = load_tensors(bytes(blob))
+        # The header is JSON after an 8-byte little-endian length (safetensors format).
+        header_len = int.from_bytes(blob[:8], "little")
+        header = json.loads(bytes(blob[8 : 8 + header_len]))
+    except (SafetensorError, ValueError, OverflowError) as error:
+        raise StateFormatError(f"state part {name!r} is not readable: {error}") from error
+    metadata = header.get("__metadata__") or {}
+    return tensors, metadata
+
+
+def _expect(tensors: dict[str, torch.Tensor], key: str, dtype: torch.dtype, shape: tuple) -> None:
+    tensor = tensors.get(key)
+    if tensor is None or tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+        raise StateFormatError(f"state field {key!r} has an unexpected type or shape")
+
+
+def decode_state(parts: dict[str, bytes | None]) -> ObjectState:
+    """Rebuild a state from its parts, validating every field; raises StateFormatError."""
+    head, metadata = _load(parts.get(HEAD), HEAD)
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise StateFormatError(
+            f"state format {metadata.get('format_version')!r} is not {FORMAT_VERSION!r}"
+        )
+    shape_type = metadata.get("shape_type")
+    if shape_type not in SHAPE_TYPES:
+        raise StateFormatError(f"state has an unknown shape type {shape_type!r}")
+    _expect(head, "memory_shape", torch.int64, (3,))
+    memory_shape = tuple(int(v) for v in head["memory_shape"])
+    ring = head.get("obj_ptrs")
+    if ring is None or ring.dim() != 2:
+        raise StateFormatError("state field 'obj_ptrs' is malformed")
+    pointer_capacity, channels = ring.shape
+    memory_frames = head.get("memory_frames")
+    if memory_frames is None or memory_frames.dim() != 1 or memory_frames.numel() == 0:
+        raise StateFormatError("state field 'memory_frames' is malformed")
+    memory_capacity = memory_frames.numel()
+    _expect(head, "frame_index", torch.int64, (1,))
+    _expect(head, "frame_size", torch.int64, (2,))
+    _expect(head, "prompt_obj_ptr", POINTER_DTYPE, (channels,))
+    _expect(head, "obj_ptrs", POINTER_DTYPE, (pointer_capacity, channels))
+    _expect(head, "obj_ptr_frames", torch.int64, (pointer_capacity,))
+    _expect(head, "memory_frames", torch.int64, (memory_capacity,))
+
+    def load_memory(name: str, frame_index: int) -> torch.Tensor:
+        tensors, _ = _load(parts.get(name), name)
+        _expect(tensors, "memory", MEMORY_DTYPE, memory_shape)
+        _expect(tensors, "frame_index", torch.int64, (1,))
+        if int(tensors["frame_index"]) != frame_index:
+            raise StateFormatError(f"state part {name!r} holds another frame than expected")
+        return tensors["memory"]
+
+    frame_index = int(head["frame_index"])
+    memories = {
+        int(t): load_memory(memory_part(slot), int(t))
+        for slot, t in enumerate(memory_frames.tolist())
+        if t >= 0
+    }
+    obj_ptrs = {
+        int(t): head["obj_ptrs"][slot].clone()
+        for slot, t in enumerate(head["obj_ptr_frames"].tolist())
+        if t >= 0
+    }
+    height, width = (int(v) for v in head["frame_size"])
+    return ObjectState(
+        model_id=metadata.get("model_id", ""),
+        shape_type=shape_type,
+        legacy=metadata.get("legacy") == "1",
+        frame_size=(height, width),
+        frame_index=frame_index,
+        prompt_memory=load_memory(PROMPT, 0),
+        prompt_obj_ptr=head["prompt_obj_ptr"],
+        memory_capacity=memory_capacity,
+        pointer_capacity=pointer_capacity,
+        memories=memories,
+        obj_ptrs=obj_ptrs,
+    )

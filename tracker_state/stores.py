@@ -1,0 +1,286 @@
+"""Where object states live between calls: Redis (or Kvrocks) in production, memory locally.
+
+CVAT carries only a reference per object, ``{"sam2": <token>, "frame": <n>}``:
+an unguessable 256-bit token naming the stored state and the frame index it was
+at when CVAT received it. A continuation is accepted only if the stored state is
+still at that frame, so a state is advanced exactly once per frame: a concurrent
+or replayed call with the same reference gets a conflict instead of silently
+tracking a frame twice.
+
+Writes are all-or-nothing for the objects of one call (Redis MULTI/EXEC under
+WATCH), so a failed call never changes a stored state.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import redis
+from safetensors.torch import load as load_tensors
+
+from tracker_state.serialization import (
+    HEAD,
+    StateFormatError,
+    changed_parts,
+    decode_state,
+    encode_state,
+    part_names,
+)
+from tracker_state.state import ObjectState
+
+DEFAULT_TTL_SECONDS = 8 * 3600
+TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
+KEY_PREFIX = "sam2cvat:v1:"
+
+
+class StateError(Exception):
+    """Base class of errors about a state CVAT sent."""
+
+
+class StateNotFound(StateError):
+    """The state is unknown or expired."""
+
+
+class StateConflict(StateError):
+    """The stored state moved past the frame CVAT names (a concurrent or replayed call)."""
+
+
+class StoreUnavailable(Exception):
+    """The backing store cannot be reached."""
+
+
+@dataclass(frozen=True)
+class StateRef:
+    """What CVAT holds for one object: the store token and the frame index of the state."""
+
+    token: str
+    frame_index: int
+
+    def to_json(self) -> dict:
+        return {"sam2": self.token, "frame": self.frame_index}
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def stored_frame_index(head: bytes) -> int:
+    """Frame index recorded in a stored head part, without decoding the whole state."""
+    try:
+        return int(load_tensors(head)["frame_index"])
+    except Exception as error:
+        raise StateFormatError(f"stored state head is not readable: {error}") from error
+
+
+class StateStore(ABC):
+    """Stores ObjectStates as serialised parts; subclasses provide the raw part I/O."""
+
+    def __init__(self, memory_capacity: int, ttl_seconds: int = DEFAULT_TTL_SECONDS) -> None:
+        self.memory_capacity = memory_capacity
+        self.ttl_seconds = ttl_seconds
+        self.part_names = part_names(memory_capacity)
+
+    def create(self, states: list[ObjectState]) -> list[StateRef]:
+        """Store new states (prompt frames) and return their references."""
+        entries = {new_token(): encode_state(state) for state in states}
+        self._insert(entries)
+        return [StateRef(token, state.frame_index) for token, state in zip(entries, states)]
+
+    def load(self, refs: list[StateRef]) -> list[ObjectState]:
+        """The stored states for ``refs``; raises StateNotFound or StateConflict."""
+        states = []
+        for ref, parts in zip(refs, self._read([ref.token for ref in refs])):
+            if parts.get(HEAD) is None:
+                raise StateNotFound(ref.token)
+            state = decode_state(parts)
+            if state.frame_index != ref.frame_index:
+                raise StateConflict(ref.token)
+            states.append(state)
+        return states
+
+    def commit(self, refs: list[StateRef], new_states: list[ObjectState]) -> list[StateRef]:
+        """Replace the states at ``refs`` by ``new_states`` (one frame later), all or nothing."""
+        writes = {ref.token: changed_parts(state) for ref, state in zip(refs, new_states)}
+        expected = {ref.token: ref.frame_index for ref in refs}
+        self._compare_and_write(expected, writes)
+        return [StateRef(ref.token, state.frame_index) for ref, state in zip(refs, new_states)]
+
+    def delete(self, refs: list[StateRef]) -> None:
+        self._delete([ref.token for ref in refs])
+
+    @abstractmethod
+    def _insert(self, entries: dict[str, dict[str, bytes]]) -> None: ...
+
+    @abstractmethod
+    def _read(self, tokens: list[str]) -> list[dict[str, bytes | None]]: ...
+
+    @abstractmethod
+    def _compare_and_write(
+        self, expected: dict[str, int], writes: dict[str, dict[str, bytes]]
+    ) -> None:
+        """Write ``writes`` if every token's stored frame index equals ``expected``;
+        refresh the TTL of all parts of those tokens."""
+
+    @abstractmethod
+    def _delete(self, tokens: list[str]) -> None: ...
+
+    def _check_expected(self, token: str, head: bytes | None, frame_index: int) -> None:
+        if head is None:
+            raise StateNotFound(token)
+        if stored_frame_index(head) != frame_index:
+            raise StateConflict(token)
+
+
+class InMemoryStateStore(StateStore):
+    """States in this process only (local use and tests); same semantics as Redis."""
+
+    def __init__(self, memory_capacity: int, ttl_seconds: int = DEFAULT_TTL_SECONDS) -> None:
+        super().__init__(memory_capacity, ttl_seconds)
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, dict[str, bytes]]] = {}
+
+    def _live(self, token: str) -> dict[str, bytes] | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        expires_at, parts = entry
+        if expires_at < time.monotonic():
+            del self._entries[token]
+            return None
+        return parts
+
+    def _insert(self, entries: dict[str, dict[str, bytes]]) -> None:
+        with self._lock:
+            for token, parts in entries.items():
+                self._entries[token] = (time.monotonic() + self.ttl_seconds, dict(parts))
+
+    def _read(self, tokens: list[str]) -> list[dict[str, bytes | None]]:
+        with self._lock:
+            return [dict(self._live(token) or {}) for token in tokens]
+
+    def _compare_and_write(
+        self, expected: dict[str, int], writes: dict[str, dict[str, bytes]]
+    ) -> None:
+        with self._lock:
+            for token, frame_index in expected.items():
+                self._check_expected(token, (self._live(token) or {}).get(HEAD), frame_index)
+            for token, parts in writes.items():
+                stored = self._entries[token][1]
+                stored.update(parts)
+                self._entries[token] = (time.monotonic() + self.ttl_seconds, stored)
+
+    def _delete(self, tokens: list[str]) -> None:
+        with self._lock:
+            for token in tokens:
+                self._entries.pop(token, None)
+
+    def stored_bytes(self) -> int:
+        with self._lock:
+            return sum(len(b) for _, parts in self._entries.values() for b in parts.values())
+
+
+class RedisStateStore(StateStore):
+    """States in Redis or Kvrocks, one key per object part, using only common commands
+    (SET EX, MGET, EXPIRE, DEL, WATCH/MULTI/EXEC)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        memory_capacity: int,
+        ttl_seconds: int = DEFAULT_TTL_SECONDS,
+        key_prefix: str = KEY_PREFIX,
+    ) -> None:
+        super().__init__(memory_capacity, ttl_seconds)
+        self.client = client
+        self.key_prefix = key_prefix
+
+    def key(self, token: str, part: str) -> str:
+        return f"{self.key_prefix}{token}:{part}"
+
+    def _run(self, operation):
+        try:
+            return operation()
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise StoreUnavailable(f"state store unreachable: {error}") from error
+
+    def _insert(self, entries: dict[str, dict[str, bytes]]) -> None:
+        def operation():
+            with self.client.pipeline(transaction=True) as pipe:
+                for token, parts in entries.items():
+                    for part, blob in parts.items():
+                        pipe.set(self.key(token, part), blob, ex=self.ttl_seconds)
+                pipe.execute()
+
+        self._run(operation)
+
+    def _read(self, tokens: list[str]) -> list[dict[str, bytes | None]]:
+        keys = [self.key(token, part) for token in tokens for part in self.part_names]
+        if not keys:
+            return []
+        values = self._run(lambda: self.client.mget(keys))
+        per_token = len(self.part_names)
+        return [
+            dict(zip(self.part_names, values[i * per_token : (i + 1) * per_token]))
+            for i in range(len(tokens))
+        ]
+
+    def _compare_and_write(
+        self, expected: dict[str, int], writes: dict[str, dict[str, bytes]]
+    ) -> None:
+        head_keys = [self.key(token, HEAD) for token in expected]
+
+        def operation():
+            with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(*head_keys)
+                    heads = pipe.mget(head_keys)
+                    for (token, frame_index), head in zip(expected.items(), heads):
+                        self._check_expected(token, head, frame_index)
+                    pipe.multi()
+                    for token, parts in writes.items():
+                        for part in self.part_names:
+                            key = self.key(token, part)
+                            if part in parts:
+                                pipe.set(key, parts[part], ex=self.ttl_seconds)
+                            else:
+                                pipe.expire(key, self.ttl_seconds)
+                    pipe.execute()
+                except redis.WatchError as error:
+                    raise StateConflict(next(iter(expected))) from error
+
+        self._run(operation)
+
+    def _delete(self, tokens: list[str]) -> None:
+        keys = [self.key(token, part) for token in tokens for part in self.part_names]
+        if keys:
+            self._run(lambda: self.client.delete(*keys))
+
+
+def store_from_env(env: dict[str, str], memory_capacity: int) -> tuple[StateStore, str]:
+    """The store named by CVAT's variables, and a line saying which one it is.
+
+    ``CVAT_FUNCTIONS_REDIS_HOST`` (unset: in-memory store), ``CVAT_FUNCTIONS_REDIS_PORT``
+    (default 6379), ``CVAT_FUNCTIONS_REDIS_PASSWORD`` (optional).
+    """
+    host = env.get("CVAT_FUNCTIONS_REDIS_HOST", "").strip()
+    if not host:
+        return (
+            InMemoryStateStore(memory_capacity),
+            "state store: in memory (CVAT_FUNCTIONS_REDIS_HOST is not set); states are lost "
+            "on restart and not shared between workers",
+        )
+    port = int(env.get("CVAT_FUNCTIONS_REDIS_PORT", "6379") or 6379)
+    client = redis.Redis(
+        host=host,
+        port=port,
+        password=env.get("CVAT_FUNCTIONS_REDIS_PASSWORD") or None,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+    return RedisStateStore(client, memory_capacity), f"state store: redis at {host}:{port}"

@@ -1,0 +1,287 @@
+"""Frame-by-frame SAM 2 tracking with explicit, bounded per-object state.
+
+The engine runs SAM 2's own modules (``SAM2Base.forward_image`` and ``track_step``,
+``_encode_new_memory``) on one frame at a time. For each object it rebuilds the
+small ``output_dict`` SAM 2's memory read looks at (the prompt frame, 6 recent
+memories, 15 recent object pointers: see ``tracker_state.state``) and feeds it
+to ``track_step`` so the computation is the official predictor's, step for step:
+
+* prompt frame: ``track_step`` with the mask or box prompt and no memory encoding,
+  hole filling of the low-res logits, then the prompt memory encoded from those
+  logits upsampled to the input size and binarised (``propagate_in_video_preflight``);
+* later frames: ``track_step`` with memory encoding, memory kept in bfloat16 and
+  hole filling of the low-res logits (``_run_single_frame_inference``);
+* ``num_frames`` is a large constant: a stream has no known length, and for any
+  video of 16 or more frames the official predictor reads the same pointers.
+
+Image features are computed once per frame for all objects; objects whose memory
+has the same layout (same frame index) go through memory attention and the heads
+as one batch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from sam2.sam2_video_predictor import SAM2VideoPredictor
+from sam2.utils.misc import fill_holes_in_mask_scores
+
+from tracker_state.state import ObjectState
+
+# Stands in for the unknown video length (only ``min(num_frames, 16)`` and
+# ``t >= num_frames`` depend on it inside SAM 2).
+STREAM_LENGTH = 1 << 30
+
+
+@dataclass(frozen=True)
+class MaskPrompt:
+    """A binary mask on the prompt frame: (H, W) bool at the frame's size."""
+
+    mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class BoxPrompt:
+    """A box on the prompt frame, (x1, y1, x2, y2) in frame pixels."""
+
+    box: tuple[float, float, float, float]
+
+
+Prompt = MaskPrompt | BoxPrompt
+
+
+@dataclass(frozen=True)
+class FrameFeatures:
+    """SAM 2's image features of one frame, computed once and shared by all objects."""
+
+    backbone_out: dict
+    frame_size: tuple[int, int]  # (height, width) of the original frame
+
+    def expanded(self, model: SAM2VideoPredictor, batch_size: int):
+        """(vision_feats, vision_pos_embeds, feat_sizes) for a batch of objects, as
+        ``SAM2VideoPredictor._get_image_feature`` builds them (views, no copies)."""
+        expanded = {
+            "backbone_fpn": [
+                f.expand(batch_size, -1, -1, -1) for f in self.backbone_out["backbone_fpn"]
+            ],
+            "vision_pos_enc": [
+                p.expand(batch_size, -1, -1, -1) for p in self.backbone_out["vision_pos_enc"]
+            ],
+        }
+        _, vision_feats, vision_pos_embeds, feat_sizes = model._prepare_backbone_features(expanded)
+        return vision_feats, vision_pos_embeds, feat_sizes
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One object's outcome on one frame."""
+
+    state: ObjectState
+    low_res_logits: torch.Tensor  # (1, 256, 256) float32 mask logits at image_size / 4
+    object_score: float  # SAM 2's object score logit; <= 0 means "not visible"
+
+
+class Sam2StreamTracker:
+    """Runs SAM 2 one frame at a time for many objects, each with explicit state."""
+
+    def __init__(self, model: SAM2VideoPredictor, model_id: str) -> None:
+        if model.memory_temporal_stride_for_eval != 1:
+            raise ValueError("memory_temporal_stride_for_eval must be 1 for streaming")
+        self.model = model
+        self.model_id = model_id
+        self.device = model.device
+        self.image_size: int = model.image_size
+        self.memory_capacity: int = model.num_maskmem - 1
+        self.pointer_capacity: int = model.max_obj_ptrs_in_encoder - 1
+        self._maskmem_pos_enc: list[torch.Tensor] | None = None
+
+    # -- image -----------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_frame(self, pixels: torch.Tensor, frame_size: tuple[int, int]) -> FrameFeatures:
+        """Image encoder on one preprocessed frame (1, 3, S, S)."""
+        return FrameFeatures(self.model.forward_image(pixels), frame_size)
+
+    # -- prompt frame ----------------------------------------------------------
+
+    @torch.inference_mode()
+    def start(
+        self,
+        features: FrameFeatures,
+        prompts: list[Prompt],
+        shape_types: list[str],
+        legacy: bool = False,
+    ) -> list[StepResult]:
+        """Track the prompt frame (frame 0) of new objects, one per prompt."""
+        return [
+            self._start_one(features, prompt, shape_type, legacy)
+            for prompt, shape_type in zip(prompts, shape_types, strict=True)
+        ]
+
+    def _prompt_inputs(self, prompt: Prompt, frame_size: tuple[int, int]):
+        """(point_inputs, mask_inputs) as add_new_points_or_box / add_new_mask build them."""
+        size = self.image_size
+        if isinstance(prompt, MaskPrompt):
+            mask = prompt.mask[None, None].float().to(self.device)
+            if mask.shape[-2:] != (size, size):
+                mask = F.interpolate(
+                    mask, size=(size, size), align_corners=False, mode="bilinear", antialias=True
+                )
+                mask = (mask >= 0.5).float()
+            return None, mask
+        height, width = frame_size
+        box = torch.tensor(prompt.box, dtype=torch.float32).reshape(1, 2, 2)
+        coords = box / torch.tensor([width, height]) * size
+        labels = torch.tensor([[2, 3]], dtype=torch.int32)
+        return {
+            "point_coords": coords.to(self.device),
+            "point_labels": labels.to(self.device),
+        }, None
+
+    def _start_one(
+        self, features: FrameFeatures, prompt: Prompt, shape_type: str, legacy: bool
+    ) -> StepResult:
+        model = self.model
+        vision_feats, vision_pos_embeds, feat_sizes = features.expanded(model, 1)
+        point_inputs, mask_inputs = self._prompt_inputs(prompt, features.frame_size)
+        out = model.track_step(
+            frame_idx=0,
+            is_init_cond_frame=True,
+            current_vision_feats=vision_feats,
+            current_vision_pos_embeds=vision_pos_embeds,
+            feat_sizes=feat_sizes,
+            point_inputs=point_inputs,
+            mask_inputs=mask_inputs,
+            output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+            num_frames=STREAM_LENGTH,
+            run_mem_encoder=False,
+        )
+        low_res = self._fill_holes(out["pred_masks"])
+        # The prompt memory is encoded from the consolidated low-res logits, as
+        # propagate_in_video_preflight does, not from the full-size prompt.
+        high_res = F.interpolate(
+            low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+        )
+        memory, _ = model._encode_new_memory(
+            current_vision_feats=vision_feats,
+            feat_sizes=feat_sizes,
+            pred_masks_high_res=high_res,
+            object_score_logits=out["object_score_logits"],
+            is_mask_from_pts=True,
+        )
+        state = ObjectState(
+            model_id=self.model_id,
+            shape_type=shape_type,
+            legacy=legacy,
+            frame_size=features.frame_size,
+            frame_index=0,
+            prompt_memory=memory[0].to(torch.bfloat16),
+            prompt_obj_ptr=out["obj_ptr"][0].float(),
+            memory_capacity=self.memory_capacity,
+            pointer_capacity=self.pointer_capacity,
+        )
+        return StepResult(state, low_res[0], float(out["object_score_logits"][0, 0]))
+
+    # -- later frames ----------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self, features: FrameFeatures, states: list[ObjectState]) -> list[StepResult]:
+        """Track the next frame for every object; objects with the same memory layout
+        are batched. Results are in the order of ``states``."""
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for index, state in enumerate(states):
+            groups[state.memory_signature()].append(index)
+        results: list[StepResult | None] = [None] * len(states)
+        for indices in groups.values():
+            for index, result in zip(
+                indices, self._step_batch(features, [states[i] for i in indices]), strict=True
+            ):
+                results[index] = result
+        return results  # type: ignore[return-value]
+
+    def _maskmem_pos(self, batch_size: int) -> list[torch.Tensor]:
+        """Memory positional encoding: the same for every frame and object, so computed
+        once (by the memory encoder on a blank input) and never stored."""
+        if self._maskmem_pos_enc is None:
+            model = self.model
+            side = self.image_size // model.backbone_stride
+            blank_feats = [torch.zeros(side * side, 1, model.hidden_dim, device=self.device)]
+            blank_masks = torch.zeros(1, 1, self.image_size, self.image_size, device=self.device)
+            _, pos_enc = model._encode_new_memory(
+                current_vision_feats=blank_feats,
+                feat_sizes=[(side, side)],
+                pred_masks_high_res=blank_masks,
+                object_score_logits=torch.ones(1, 1, device=self.device),
+                is_mask_from_pts=False,
+            )
+            self._maskmem_pos_enc = [p[0:1].clone() for p in pos_enc]
+        return [p.expand(batch_size, -1, -1, -1) for p in self._maskmem_pos_enc]
+
+    def _memory_bank(self, states: list[ObjectState]) -> dict:
+        """The ``output_dict`` SAM 2 reads memory from, for a batch of objects whose states
+        have the same layout: prompt frame as the conditioning output, recent frames as
+        non-conditioning outputs (pointer-only entries beyond the memory window)."""
+        batch_size = len(states)
+        pos_enc = self._maskmem_pos(batch_size)
+
+        def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(tensors).to(self.device, non_blocking=True)
+
+        cond = {
+            0: {
+                "maskmem_features": stack([s.prompt_memory for s in states]),
+                "maskmem_pos_enc": pos_enc,
+                "obj_ptr": stack([s.prompt_obj_ptr for s in states]),
+            }
+        }
+        first = states[0]
+        non_cond: dict[int, dict] = {}
+        for t in sorted(set(first.obj_ptrs) | set(first.memories)):
+            entry: dict = {"obj_ptr": stack([s.obj_ptrs[t] for s in states])}
+            if t in first.memories:
+                entry["maskmem_features"] = stack([s.memories[t] for s in states])
+                entry["maskmem_pos_enc"] = pos_enc
+            non_cond[t] = entry
+        return {"cond_frame_outputs": cond, "non_cond_frame_outputs": non_cond}
+
+    def _step_batch(self, features: FrameFeatures, states: list[ObjectState]) -> list[StepResult]:
+        model = self.model
+        batch_size = len(states)
+        frame_index = states[0].frame_index + 1
+        vision_feats, vision_pos_embeds, feat_sizes = features.expanded(model, batch_size)
+        out = model.track_step(
+            frame_idx=frame_index,
+            is_init_cond_frame=False,
+            current_vision_feats=vision_feats,
+            current_vision_pos_embeds=vision_pos_embeds,
+            feat_sizes=feat_sizes,
+            point_inputs=None,
+            mask_inputs=None,
+            output_dict=self._memory_bank(states),
+            num_frames=STREAM_LENGTH,
+            run_mem_encoder=True,
+        )
+        memories = out["maskmem_features"].to(torch.bfloat16)
+        low_res = self._fill_holes(out["pred_masks"])
+        obj_ptrs = out["obj_ptr"].float()
+        scores = out["object_score_logits"][:, 0].tolist()
+        return [
+            StepResult(state.advanced(memories[i], obj_ptrs[i]), low_res[i], scores[i])
+            for i, state in enumerate(states)
+        ]
+
+    # -- outputs ---------------------------------------------------------------
+
+    def _fill_holes(self, low_res: torch.Tensor) -> torch.Tensor:
+        if self.model.fill_hole_area > 0:
+            return fill_holes_in_mask_scores(low_res, self.model.fill_hole_area)
+        return low_res
+
+    @staticmethod
+    def upsample(low_res_logits: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:
+        """Mask logits at the frame's size: (N, 1, h, w) -> (N, 1, H, W), bilinear like the
+        official ``_get_orig_video_res_output``; foreground where > 0."""
+        return F.interpolate(low_res_logits, size=frame_size, mode="bilinear", align_corners=False)

@@ -1,0 +1,70 @@
+"""Frames as CVAT sends them (base64 JPEG/PNG) to SAM 2's input tensor.
+
+Preprocessing is exactly the official predictor's (``sam2.utils.misc._load_img_as_tensor``
+and ``load_video_frames_from_jpg_images``): PIL RGB, ``resize((S, S))`` with PIL's
+default filter, uint8 / 255.0 in float64 then float32, ImageNet mean/std.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# 8K UHD is the largest frame CVAT users are expected to send; anything larger is
+# refused before decoding so a crafted header cannot make us allocate gigabytes.
+DEFAULT_MAX_PIXELS = 7680 * 4320
+
+
+class FrameError(ValueError):
+    """The request's image cannot be used (missing, not decodable, too large)."""
+
+
+def decode_frame(image_b64: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode CVAT's base64 frame into an RGB PIL image, refusing decompression bombs."""
+    if not isinstance(image_b64, str) or not image_b64:
+        raise FrameError("'image' must be a non-empty base64 string")
+    try:
+        data = base64.b64decode(image_b64, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise FrameError(f"'image' is not valid base64: {error}") from error
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise FrameError(
+                    f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels"
+                )
+            return image.convert("RGB")
+    except FrameError:
+        raise
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        OSError,
+        ValueError,
+        SyntaxError,
+    ) as error:
+        raise FrameError(f"'image' could not be decoded as an image: {error}") from error
+
+
+def preprocess_frame(image: Image.Image, image_size: int, device: torch.device) -> torch.Tensor:
+    """SAM 2 input for one frame: (1, 3, image_size, image_size) float32, normalised."""
+    resized = np.array(image.resize((image_size, image_size)))
+    pixels = torch.from_numpy(resized / 255.0).permute(2, 0, 1).to(torch.float32)
+    pixels = pixels.to(device)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device)[:, None, None]
+    pixels -= mean
+    pixels /= std
+    return pixels.unsqueeze(0)

@@ -1,0 +1,110 @@
+"""Building SAM 2 from the environment: config, checkpoint (downloaded when absent), device."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from sam2.build_sam import build_sam2_video_predictor
+from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_CFG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
+# Official SAM 2.1 checkpoints per config.
+OFFICIAL_CHECKPOINTS = {
+    "configs/sam2.1/sam2.1_hiera_t.yaml": "sam2.1_hiera_tiny.pt",
+    "configs/sam2.1/sam2.1_hiera_s.yaml": "sam2.1_hiera_small.pt",
+    "configs/sam2.1/sam2.1_hiera_b+.yaml": "sam2.1_hiera_base_plus.pt",
+    "configs/sam2.1/sam2.1_hiera_l.yaml": "sam2.1_hiera_large.pt",
+}
+
+
+class ModelSetupError(RuntimeError):
+    """The model cannot be set up as configured (message says what to change)."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What to load. ``hydra_overrides`` lets tests shrink the input size."""
+
+    config: str = DEFAULT_MODEL_CFG
+    checkpoint: str | None = None
+    device: str | None = None
+    hydra_overrides: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> ModelSettings:
+        overrides = env.get("SAM2_HYDRA_OVERRIDES", "").split()
+        return cls(
+            config=env.get("SAM2_MODEL_CFG") or DEFAULT_MODEL_CFG,
+            checkpoint=env.get("SAM2_CHECKPOINT") or None,
+            device=env.get("SAM2_DEVICE") or None,
+            hydra_overrides=tuple(overrides),
+        )
+
+    def resolved_device(self) -> torch.device:
+        if self.device:
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def model_id(self, image_size: int) -> str:
+        """Names the model a state belongs to (memory from another model is meaningless)."""
+        return f"{Path(self.config).stem}@{image_size}"
+
+
+def checkpoint_cache_dir(env: dict[str, str]) -> Path:
+    default = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sam2-cvat-tracker"
+    return Path(env.get("SAM2_CHECKPOINT_DIR") or default)
+
+
+def download_official_checkpoint(config: str, cache_dir: Path) -> Path:
+    """The official checkpoint for ``config``, downloaded into ``cache_dir`` once."""
+    name = OFFICIAL_CHECKPOINTS.get(config)
+    if name is None:
+        raise ModelSetupError(
+            f"no official checkpoint is known for {config!r}; set SAM2_CHECKPOINT to a file"
+        )
+    target = cache_dir / name
+    if target.is_file():
+        return target
+    url = f"{CHECKPOINT_BASE_URL}/{name}"
+    log.info("downloading %s to %s", url, target)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with (
+            urllib.request.urlopen(url, timeout=60) as response,
+            tempfile.NamedTemporaryFile(dir=cache_dir, delete=False) as partial,
+        ):
+            shutil.copyfileobj(response, partial)
+        os.replace(partial.name, target)
+    except (urllib.error.URLError, OSError, TimeoutError) as error:
+        raise ModelSetupError(
+            f"SAM2_CHECKPOINT is not set and the official checkpoint {url} could not be "
+            f"downloaded into {cache_dir} ({error}). Download it elsewhere and set "
+            "SAM2_CHECKPOINT to its path."
+        ) from error
+    return target
+
+
+def load_sam2(settings: ModelSettings, env: dict[str, str]) -> SAM2VideoPredictor:
+    """SAM 2 exactly as ``build_sam2_video_predictor`` builds it for the official predictor."""
+    checkpoint = settings.checkpoint
+    if checkpoint is None:
+        checkpoint = str(download_official_checkpoint(settings.config, checkpoint_cache_dir(env)))
+    elif not Path(checkpoint).is_file():
+        raise ModelSetupError(f"SAM2_CHECKPOINT={checkpoint!r} is not a file")
+    return build_sam2_video_predictor(
+        settings.config,
+        ckpt_path=checkpoint,
+        device=settings.resolved_device(),
+        hydra_overrides_extra=list(settings.hydra_overrides),
+    )
