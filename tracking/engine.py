@@ -113,12 +113,13 @@ class Sam2StreamTracker:
         features: FrameFeatures,
         prompts: list[Prompt],
         shape_types: list[str],
-        legacy: bool = False,
+        legacy_flags: list[bool],
     ) -> list[StepResult]:
-        """Track the prompt frame (frame 0) of new objects, one per prompt."""
+        """Track the prompt frame (frame 0) of new objects, one per prompt. Each prompt
+        runs on its own, as the official predictor does (prompts differ in kind)."""
         return [
             self._start_one(features, prompt, shape_type, legacy)
-            for prompt, shape_type in zip(prompts, shape_types, strict=True)
+            for prompt, shape_type, legacy in zip(prompts, shape_types, legacy_flags, strict=True)
         ]
 
     def _prompt_inputs(self, prompt: Prompt, frame_size: tuple[int, int]):
