@@ -99,7 +99,9 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server of the test's own, on a free port, that the test may stop and restart."""
 
-    def __init__(self) -> None:
+    def __init__(self, persistent: bool = True) -> None:
+        # Persistent like Kvrocks (cvat_redis_ondisk): states survive a restart.
+        self.persistent = persistent
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="redis-test-"))
         self.process: subprocess.Popen | None = None
@@ -111,16 +113,9 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 executable,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
+                *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "yes" if self.persistent else "no"),
+                *("--appendfsync", "always", "--dir", str(self.dir)),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
