@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 POLYGON_TOLERANCE_PX = 1.0
+COORDINATE_LIMIT = 1 << 20  # far beyond any frame; keeps arithmetic exact
 
 
 class ShapeError(ValueError):
@@ -78,21 +79,33 @@ def encode_rle(mask: np.ndarray) -> list[int]:
 
 
 def rasterize_polygon(points: object, height: int, width: int) -> np.ndarray:
-    """CVAT polygon -> (height, width) bool mask (pixel centres inside the outline)."""
+    """CVAT polygon -> (height, width) bool mask: the pixels whose centre lies inside the
+    outline (even-odd rule), so a polygon along pixel edges covers exactly its pixels."""
     values = _numbers(points, "polygon")
     if len(values) < 6 or len(values) % 2:
         raise ShapeError("polygon points must be an even list of at least 3 (x, y) pairs")
     xy = np.asarray(values, dtype=np.float64).reshape(-1, 2)
-    # Sub-pixel precision for cv2.fillPoly: coordinates in 1/256 px; CVAT coordinates
-    # name pixel edges, fillPoly pixel centres, hence the half-pixel shift.
-    shift = 8
-    scaled = np.round((xy - 0.5) * (1 << shift)).astype(np.int64)
-    limit = 1 << 20
-    if np.abs(scaled).max() >= limit << shift:
+    if np.abs(xy).max() > COORDINATE_LIMIT:
         raise ShapeError("polygon coordinates are out of range")
-    canvas = np.zeros((height, width), dtype=np.uint8)
-    cv2.fillPoly(canvas, [scaled.astype(np.int32)], 1, lineType=cv2.LINE_8, shift=shift)
-    return canvas.astype(bool)
+    x0, y0 = xy[:, 0], xy[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    mask = np.zeros((height, width), dtype=bool)
+    first_row = max(0, int(np.floor(y0.min())))
+    last_row = min(height, int(np.ceil(y0.max())))
+    if first_row >= last_row:
+        return mask
+    centres_y = np.arange(first_row, last_row)[:, None] + 0.5  # (rows, 1)
+    crosses = (y0 <= centres_y) != (y1 <= centres_y)  # (rows, edges)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        crossing_x = x0 + (centres_y - y0) / (y1 - y0) * (x1 - x0)
+    for row, (row_crosses, row_x) in enumerate(zip(crosses, crossing_x)):
+        xs = np.sort(row_x[row_crosses])
+        # Pixel column c has its centre at c + 0.5: inside when xa <= c + 0.5 < xb.
+        starts = np.clip(np.ceil(xs[0::2] - 0.5), 0, width).astype(int)
+        stops = np.clip(np.ceil(xs[1::2] - 0.5), 0, width).astype(int)
+        for start, stop in zip(starts, stops):
+            mask[first_row + row, start:stop] = True
+    return mask
 
 
 def mask_to_polygon(mask: np.ndarray) -> list[float] | None:
