@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -159,3 +162,90 @@ def shared_redis() -> redis.Redis:
     except redis.ConnectionError:
         pytest.skip("no Redis server on 127.0.0.1:6379")
     return client
+
+
+class FunctionServer:
+    """``serve.py`` in its own process, reached over a real socket like CVAT reaches Nuclio."""
+
+    def __init__(
+        self,
+        checkpoint: Path,
+        image_size: int = 1024,
+        redis_port: int | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "SAM2_CHECKPOINT": str(checkpoint),
+            "SAM2_DEVICE": "cpu",
+            **(extra_env or {}),
+        }
+        self.env.pop("CVAT_FUNCTIONS_REDIS_HOST", None)
+        if image_size != 1024:
+            self.env["SAM2_HYDRA_OVERRIDES"] = f"++model.image_size={image_size}"
+        if redis_port is not None:
+            self.env["CVAT_FUNCTIONS_REDIS_HOST"] = "127.0.0.1"
+            self.env["CVAT_FUNCTIONS_REDIS_PORT"] = str(redis_port)
+        self.process: subprocess.Popen | None = None
+        self.log = Path(tempfile.mkstemp(prefix="serve-", suffix=".log")[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self, timeout: float = 120) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(REPO / "serve.py")],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError("server did not become ready")
+
+    def kill(self) -> None:
+        """Kill -9: nothing gets a chance to flush or clean up."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def post(self, body: object, raw: bytes | None = None, timeout: float = 300):
+        """(status, parsed JSON answer) for a JSON body (or raw bytes as the body)."""
+        data = raw if raw is not None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url, data=data, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+
+@pytest.fixture
+def function_server_factory():
+    servers: list[FunctionServer] = []
+
+    def factory(*args, **kwargs) -> FunctionServer:
+        server = FunctionServer(*args, **kwargs)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield factory
+    for server in servers:
+        server.kill()

@@ -53,6 +53,10 @@ def test_create_load_commit_round_trip(store):
     assert ref.frame_index == 9
 
 
+def test_empty_calls_do_nothing(store):
+    assert store.create([]) == [] and store.commit([], []) == [] and store.load([]) == []
+
+
 def test_unknown_token_is_not_found(store):
     with pytest.raises(StateNotFound):
         store.load([StateRef(new_token(), 0)])

@@ -87,6 +87,8 @@ class StateStore(ABC):
 
     def create(self, states: list[ObjectState]) -> list[StateRef]:
         """Store new states (prompt frames) and return their references."""
+        if not states:
+            return []
         entries = {new_token(): encode_state(state) for state in states}
         self._insert(entries)
         return [StateRef(token, state.frame_index) for token, state in zip(entries, states)]
@@ -105,6 +107,8 @@ class StateStore(ABC):
 
     def commit(self, refs: list[StateRef], new_states: list[ObjectState]) -> list[StateRef]:
         """Replace the states at ``refs`` by ``new_states`` (one frame later), all or nothing."""
+        if not refs:
+            return []
         writes = {ref.token: changed_parts(state) for ref, state in zip(refs, new_states)}
         expected = {ref.token: ref.frame_index for ref in refs}
         self._compare_and_write(expected, writes)
