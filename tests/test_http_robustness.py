@@ -271,16 +271,19 @@ def test_polygons_are_valid_outlines(server, frames, gt):
         cy,
     ]
     states = start(server, frames[0], [{"type": "polygon", "points": contour_points}])
+    outlines = 0
     for image in frames[1:4]:
         shapes, states = follow(server, image, states)
         polygon = shapes[0]
         if polygon is None:
             continue
+        outlines += 1
         points = polygon["points"]
         assert polygon["type"] == "polygon" and len(points) % 2 == 0 and len(points) >= 6
         xy = np.asarray(points).reshape(-1, 2)
         assert (xy >= 0).all() and (xy[:, 0] <= 854).all() and (xy[:, 1] <= 480).all()
         assert rasterize_polygon(points, 480, 854).any()
+    assert outlines > 0, "objects stay present with this checkpoint: expected outlines"
 
 
 def test_invisible_objects_answer_null_and_keep_their_state(
