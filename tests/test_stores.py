@@ -11,6 +11,7 @@ import torch
 from test_state import MEMORY_SHAPE, assert_same_state, random_state
 
 from tracker_state import (
+    CachedStateStore,
     InMemoryStateStore,
     RedisStateStore,
     StateConflict,
@@ -28,13 +29,14 @@ def advance(state):
     )
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cached-redis"])
 def store(request, shared_redis):
     if request.param == "memory":
         yield InMemoryStateStore(memory_capacity=6)
         return
     prefix = f"sam2cvat-test:{uuid.uuid4().hex}:"
-    yield RedisStateStore(shared_redis, memory_capacity=6, key_prefix=prefix)
+    redis_store = RedisStateStore(shared_redis, memory_capacity=6, key_prefix=prefix)
+    yield CachedStateStore(redis_store) if request.param == "cached-redis" else redis_store
     keys = list(shared_redis.scan_iter(match=f"{prefix}*"))
     if keys:
         shared_redis.delete(*keys)
@@ -181,3 +183,32 @@ def test_redis_bytes_stop_growing(own_redis):
         sizes[state.frame_index] = stored_bytes()
     assert sizes[8] == sizes[12] == sizes[16]
     assert sizes[8][1] == 8  # head, prompt and six memories
+
+
+def test_worker_caches_share_redis_as_the_truth(shared_redis):
+    """Two workers, each with its own cache, continuing the same object in turns."""
+    prefix = f"sam2cvat-test:{uuid.uuid4().hex}:"
+    shared = RedisStateStore(shared_redis, memory_capacity=6, key_prefix=prefix)
+    worker_a, worker_b = CachedStateStore(shared), CachedStateStore(shared)
+    state = random_state(0)
+    [ref] = worker_a.create([state])
+    for turn in range(6):
+        worker = (worker_a, worker_b)[turn % 2]
+        loaded = worker.load([ref])[0]
+        assert_same_state(loaded, state)
+        state = advance(loaded)
+        [ref] = worker.commit([ref], [state])
+    # A created the state (a hit on turn 0); every later turn follows the other worker.
+    assert (worker_a.hits, worker_a.misses, worker_b.hits, worker_b.misses) == (1, 2, 0, 3)
+
+    # Worker A still caches frame 6; B advances to 7; a stale call reaching A is refused
+    # at commit even though A's cache answered the load.
+    worker_a.load([ref])
+    [newer] = worker_b.commit([ref], [advance(worker_b.load([ref])[0])])
+    stale = worker_a.load([ref])
+    with pytest.raises(StateConflict):
+        worker_a.commit([ref], [advance(stale[0])])
+    assert worker_a.load([newer])[0].frame_index == 7
+    assert worker_a.hits >= 1
+    keys = list(shared_redis.scan_iter(match=f"{prefix}*"))
+    shared_redis.delete(*keys)

@@ -1,5 +1,7 @@
 """Per-object SAM 2 tracking state, its safe serialisation, and the stores that keep it."""
 
+from tracker_state.cache import CachedStateStore
+from tracker_state.config import store_from_env
 from tracker_state.serialization import StateFormatError, decode_state, encode_state
 from tracker_state.state import SHAPE_TYPES, ObjectState
 from tracker_state.stores import (
@@ -12,12 +14,12 @@ from tracker_state.stores import (
     StateRef,
     StateStore,
     StoreUnavailable,
-    store_from_env,
 )
 
 __all__ = [
     "SHAPE_TYPES",
     "TOKEN_PATTERN",
+    "CachedStateStore",
     "InMemoryStateStore",
     "ObjectState",
     "RedisStateStore",

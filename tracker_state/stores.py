@@ -78,15 +78,36 @@ def stored_frame_index(head: bytes) -> int:
 
 
 class StateStore(ABC):
+    """Keeps object states between calls, addressed by StateRef."""
+
+    memory_capacity: int
+    ttl_seconds: float
+
+    @abstractmethod
+    def create(self, states: list[ObjectState]) -> list[StateRef]:
+        """Store new states (prompt frames) and return their references."""
+
+    @abstractmethod
+    def load(self, refs: list[StateRef]) -> list[ObjectState]:
+        """The stored states for ``refs``; raises StateNotFound or StateConflict."""
+
+    @abstractmethod
+    def commit(self, refs: list[StateRef], new_states: list[ObjectState]) -> list[StateRef]:
+        """Replace the states at ``refs`` by ``new_states`` (one frame later), all or nothing."""
+
+    @abstractmethod
+    def delete(self, refs: list[StateRef]) -> None: ...
+
+
+class PartStore(StateStore):
     """Stores ObjectStates as serialised parts; subclasses provide the raw part I/O."""
 
-    def __init__(self, memory_capacity: int, ttl_seconds: int = DEFAULT_TTL_SECONDS) -> None:
+    def __init__(self, memory_capacity: int, ttl_seconds: float = DEFAULT_TTL_SECONDS) -> None:
         self.memory_capacity = memory_capacity
         self.ttl_seconds = ttl_seconds
         self.part_names = part_names(memory_capacity)
 
     def create(self, states: list[ObjectState]) -> list[StateRef]:
-        """Store new states (prompt frames) and return their references."""
         if not states:
             return []
         entries = {new_token(): encode_state(state) for state in states}
@@ -94,7 +115,6 @@ class StateStore(ABC):
         return [StateRef(token, state.frame_index) for token, state in zip(entries, states)]
 
     def load(self, refs: list[StateRef]) -> list[ObjectState]:
-        """The stored states for ``refs``; raises StateNotFound or StateConflict."""
         states = []
         for ref, parts in zip(refs, self._read([ref.token for ref in refs])):
             if parts.get(HEAD) is None:
@@ -106,7 +126,6 @@ class StateStore(ABC):
         return states
 
     def commit(self, refs: list[StateRef], new_states: list[ObjectState]) -> list[StateRef]:
-        """Replace the states at ``refs`` by ``new_states`` (one frame later), all or nothing."""
         if not refs:
             return []
         writes = {ref.token: changed_parts(state) for ref, state in zip(refs, new_states)}
@@ -140,10 +159,10 @@ class StateStore(ABC):
             raise StateConflict(token)
 
 
-class InMemoryStateStore(StateStore):
+class InMemoryStateStore(PartStore):
     """States in this process only (local use and tests); same semantics as Redis."""
 
-    def __init__(self, memory_capacity: int, ttl_seconds: int = DEFAULT_TTL_SECONDS) -> None:
+    def __init__(self, memory_capacity: int, ttl_seconds: float = DEFAULT_TTL_SECONDS) -> None:
         super().__init__(memory_capacity, ttl_seconds)
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, dict[str, bytes]]] = {}
@@ -188,7 +207,7 @@ class InMemoryStateStore(StateStore):
             return sum(len(b) for _, parts in self._entries.values() for b in parts.values())
 
 
-class RedisStateStore(StateStore):
+class RedisStateStore(PartStore):
     """States in Redis or Kvrocks, one key per object part, using only common commands
     (SET EX, MGET, EXPIRE, DEL, WATCH/MULTI/EXEC)."""
 
@@ -196,7 +215,7 @@ class RedisStateStore(StateStore):
         self,
         client: redis.Redis,
         memory_capacity: int,
-        ttl_seconds: int = DEFAULT_TTL_SECONDS,
+        ttl_seconds: float = DEFAULT_TTL_SECONDS,
         key_prefix: str = KEY_PREFIX,
     ) -> None:
         super().__init__(memory_capacity, ttl_seconds)
@@ -263,28 +282,3 @@ class RedisStateStore(StateStore):
         keys = [self.key(token, part) for token in tokens for part in self.part_names]
         if keys:
             self._run(lambda: self.client.delete(*keys))
-
-
-def store_from_env(env: dict[str, str], memory_capacity: int) -> tuple[StateStore, str]:
-    """The store named by CVAT's variables, and a line saying which one it is.
-
-    ``CVAT_FUNCTIONS_REDIS_HOST`` (unset: in-memory store), ``CVAT_FUNCTIONS_REDIS_PORT``
-    (default 6379), ``CVAT_FUNCTIONS_REDIS_PASSWORD`` (optional).
-    """
-    host = env.get("CVAT_FUNCTIONS_REDIS_HOST", "").strip()
-    if not host:
-        return (
-            InMemoryStateStore(memory_capacity),
-            "state store: in memory (CVAT_FUNCTIONS_REDIS_HOST is not set); states are lost "
-            "on restart and not shared between workers",
-        )
-    port = int(env.get("CVAT_FUNCTIONS_REDIS_PORT", "6379") or 6379)
-    client = redis.Redis(
-        host=host,
-        port=port,
-        password=env.get("CVAT_FUNCTIONS_REDIS_PASSWORD") or None,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
-    return RedisStateStore(client, memory_capacity), f"state store: redis at {host}:{port}"
