@@ -41,6 +41,7 @@ from tracking.shapes import (
     parse_box,
     rasterize_polygon,
 )
+from tracking.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +70,28 @@ class ModelHandler:
         self.tracker = tracker
         self.store = store
         self.limits = limits or HandlerLimits()
+        self.last_timings: dict[str, float] = {}  # seconds per phase of the last call
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ModelHandler:
         env = dict(os.environ if env is None else env)
         settings = ModelSettings.from_env(env)
         model = load_sam2(settings, env)
-        tracker = Sam2StreamTracker(model, settings.model_id(model.image_size))
+        tracker = Sam2StreamTracker(
+            model, settings.model_id(model.image_size), settings.resolved_precision()
+        )
+        if settings.resolved_compile():
+            log.info("warming up compiled SAM 2 (the first time takes minutes)")
+            tracker.warm_up()
         store, description = store_from_env(env, tracker.memory_capacity)
-        log.info("model %s on %s; %s", tracker.model_id, tracker.device, description)
+        log.info(
+            "model %s on %s (%s%s); %s",
+            tracker.model_id,
+            tracker.device,
+            str(tracker.precision).removeprefix("torch."),
+            ", compiled" if settings.resolved_compile() else "",
+            description,
+        )
         return cls(tracker, store, HandlerLimits.from_env(env))
 
     def infer(self, body: object) -> dict:
@@ -85,41 +99,52 @@ class ModelHandler:
 
         Raises RequestError (4xx/503) for anything the caller can fix or retry.
         """
-        request = parse_request(body, self.limits.max_objects)
-        try:
-            image = decode_frame(request.image, self.limits.max_pixels)
-        except FrameError as error:
-            status = 413 if "exceeds" in str(error) else 400
-            raise RequestError(status, str(error)) from error
+        timer = PhaseTimer(self.tracker.device)
+        with timer.phase("parse"):
+            request = parse_request(body, self.limits.max_objects)
+        with timer.phase("decode"):
+            try:
+                image = decode_frame(request.image, self.limits.max_pixels)
+            except FrameError as error:
+                status = 413 if "exceeds" in str(error) else 400
+                raise RequestError(status, str(error)) from error
         frame_size = (image.height, image.width)
 
         new = [(i, o) for i, o in enumerate(request.objects) if isinstance(o, NewObject)]
         continued = [
             (i, o) for i, o in enumerate(request.objects) if isinstance(o, ContinuedObject)
         ]
-        prompts = [self._prompt(o, i, frame_size) for i, o in new]
+        with timer.phase("prompts"):
+            prompts = [self._prompt(o, i, frame_size) for i, o in new]
         refs = [o.ref for _, o in continued]
-        states = self._load(refs, frame_size)
+        with timer.phase("state_read"):
+            states = self._load(refs, frame_size)
 
-        pixels = preprocess_frame(image, self.tracker.image_size, self.tracker.device)
-        features = self.tracker.encode_frame(pixels, frame_size)
-        started = self.tracker.start(
-            features,
-            prompts,
-            [o.shape_type for _, o in new],
-            [o.legacy for _, o in new],
-        )
-        stepped = self.tracker.step(features, states) if states else []
+        with timer.phase("preprocess"):
+            pixels = preprocess_frame(image, self.tracker.image_size, self.tracker.device)
+        with timer.phase("image_encoder"):
+            features = self.tracker.encode_frame(pixels, frame_size)
+        with timer.phase("tracking"):
+            started = self.tracker.start(
+                features,
+                prompts,
+                [o.shape_type for _, o in new],
+                [o.legacy for _, o in new],
+            )
+            stepped = self.tracker.step(features, states) if states else []
 
-        new_refs = self._store(lambda: self.store.commit(refs, [r.state for r in stepped]))
-        created = self._store(lambda: self.store.create([r.state for r in started]))
+        with timer.phase("state_write"):
+            new_refs = self._store(lambda: self.store.commit(refs, [r.state for r in stepped]))
+            created = self._store(lambda: self.store.create([r.state for r in started]))
 
         answers: list[tuple[int, StepResult, StateRef]] = [
             *((i, r, ref) for (i, _), r, ref in zip(new, started, created)),
             *((i, r, ref) for (i, _), r, ref in zip(continued, stepped, new_refs)),
         ]
         answers.sort(key=lambda answer: answer[0])
-        shapes = self._shapes([r for _, r, _ in answers], frame_size)
+        with timer.phase("shapes"):
+            shapes = self._shapes([r for _, r, _ in answers], frame_size)
+        self.last_timings = timer.seconds
         return {"shapes": shapes, "states": [ref.to_json() for _, _, ref in answers]}
 
     def _prompt(self, obj: NewObject, index: int, frame_size: tuple[int, int]) -> Prompt:

@@ -87,7 +87,9 @@ class StepResult:
 class Sam2StreamTracker:
     """Runs SAM 2 one frame at a time for many objects, each with explicit state."""
 
-    def __init__(self, model: SAM2VideoPredictor, model_id: str) -> None:
+    def __init__(
+        self, model: SAM2VideoPredictor, model_id: str, precision: torch.dtype = torch.float32
+    ) -> None:
         if model.memory_temporal_stride_for_eval != 1:
             raise ValueError("memory_temporal_stride_for_eval must be 1 for streaming")
         self.model = model
@@ -96,14 +98,24 @@ class Sam2StreamTracker:
         self.image_size: int = model.image_size
         self.memory_capacity: int = model.num_maskmem - 1
         self.pointer_capacity: int = model.max_obj_ptrs_in_encoder - 1
+        self.precision = precision
         self._maskmem_pos_enc: list[torch.Tensor] | None = None
+
+    def _autocast(self):
+        """bfloat16 autocast as SAM 2's examples run it on GPU; a no-op for float32."""
+        return torch.autocast(
+            device_type=self.device.type,
+            dtype=self.precision,
+            enabled=self.precision != torch.float32,
+        )
 
     # -- image -----------------------------------------------------------------
 
     @torch.inference_mode()
     def encode_frame(self, pixels: torch.Tensor, frame_size: tuple[int, int]) -> FrameFeatures:
         """Image encoder on one preprocessed frame (1, 3, S, S)."""
-        return FrameFeatures(self.model.forward_image(pixels), frame_size)
+        with self._autocast():
+            return FrameFeatures(self.model.forward_image(pixels), frame_size)
 
     # -- prompt frame ----------------------------------------------------------
 
@@ -117,10 +129,13 @@ class Sam2StreamTracker:
     ) -> list[StepResult]:
         """Track the prompt frame (frame 0) of new objects, one per prompt. Each prompt
         runs on its own, as the official predictor does (prompts differ in kind)."""
-        return [
-            self._start_one(features, prompt, shape_type, legacy)
-            for prompt, shape_type, legacy in zip(prompts, shape_types, legacy_flags, strict=True)
-        ]
+        with self._autocast():
+            return [
+                self._start_one(features, prompt, shape_type, legacy)
+                for prompt, shape_type, legacy in zip(
+                    prompts, shape_types, legacy_flags, strict=True
+                )
+            ]
 
     def _prompt_inputs(self, prompt: Prompt, frame_size: tuple[int, int]):
         """(point_inputs, mask_inputs) as add_new_points_or_box / add_new_mask build them."""
@@ -180,6 +195,7 @@ class Sam2StreamTracker:
             frame_size=features.frame_size,
             frame_index=0,
             prompt_memory=memory[0].to(torch.bfloat16),
+            # float32 whatever the autocast dtype: the stored format is fixed.
             prompt_obj_ptr=out["obj_ptr"][0].float(),
             memory_capacity=self.memory_capacity,
             pointer_capacity=self.pointer_capacity,
@@ -196,11 +212,11 @@ class Sam2StreamTracker:
         for index, state in enumerate(states):
             groups[state.memory_signature()].append(index)
         results: list[StepResult | None] = [None] * len(states)
-        for indices in groups.values():
-            for index, result in zip(
-                indices, self._step_batch(features, [states[i] for i in indices]), strict=True
-            ):
-                results[index] = result
+        with self._autocast():
+            for indices in groups.values():
+                batch = self._step_batch(features, [states[i] for i in indices])
+                for index, result in zip(indices, batch, strict=True):
+                    results[index] = result
         return results  # type: ignore[return-value]
 
     def _maskmem_pos(self, batch_size: int) -> list[torch.Tensor]:
@@ -273,6 +289,17 @@ class Sam2StreamTracker:
             StepResult(state.advanced(memories[i], obj_ptrs[i]), low_res[i], scores[i])
             for i, state in enumerate(states)
         ]
+
+    def warm_up(self, frame_size: tuple[int, int] = (1080, 1920), frames: int = 8) -> None:
+        """Run a synthetic track so compiled kernels are built before the first call
+        (memory attention sees every memory count up to a full bank)."""
+        pixels = torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
+        features = self.encode_frame(pixels, frame_size)
+        height, width = frame_size
+        box = BoxPrompt((width * 0.25, height * 0.25, width * 0.75, height * 0.75))
+        states = [r.state for r in self.start(features, [box], ["rectangle"], [False])]
+        for _ in range(frames):
+            states = [r.state for r in self.step(features, states)]
 
     # -- outputs ---------------------------------------------------------------
 

@@ -28,6 +28,15 @@ OFFICIAL_CHECKPOINTS = {
 }
 
 
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _flag(value: str | None) -> bool | None:
+    if value is None or value.strip() == "":
+        return None
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
 class ModelSetupError(RuntimeError):
     """The model cannot be set up as configured (message says what to change)."""
 
@@ -40,6 +49,9 @@ class ModelSettings:
     checkpoint: str | None = None
     device: str | None = None
     hydra_overrides: tuple[str, ...] = field(default_factory=tuple)
+    # None: on for CUDA, off for CPU (SAM 2's vos_optimized compilation; bfloat16 autocast).
+    compile: bool | None = None
+    precision: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> ModelSettings:
@@ -49,12 +61,27 @@ class ModelSettings:
             checkpoint=env.get("SAM2_CHECKPOINT") or None,
             device=env.get("SAM2_DEVICE") or None,
             hydra_overrides=tuple(overrides),
+            compile=_flag(env.get("SAM2_COMPILE")),
+            precision=env.get("SAM2_PRECISION") or None,
         )
 
     def resolved_device(self) -> torch.device:
         if self.device:
             return torch.device(self.device)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def resolved_compile(self) -> bool:
+        if self.compile is not None:
+            return self.compile
+        return self.resolved_device().type == "cuda"
+
+    def resolved_precision(self) -> torch.dtype:
+        name = self.precision or (
+            "bfloat16" if self.resolved_device().type == "cuda" else "float32"
+        )
+        if name not in PRECISIONS:
+            raise ModelSetupError(f"SAM2_PRECISION={name!r} is not one of {sorted(PRECISIONS)}")
+        return PRECISIONS[name]
 
     def model_id(self, image_size: int) -> str:
         """Names the model a state belongs to (memory from another model is meaningless)."""
@@ -107,4 +134,7 @@ def load_sam2(settings: ModelSettings, env: dict[str, str]) -> SAM2VideoPredicto
         ckpt_path=checkpoint,
         device=settings.resolved_device(),
         hydra_overrides_extra=list(settings.hydra_overrides),
+        # SAM 2's own compiled variant: memory encoder, memory attention, prompt encoder,
+        # mask decoder and image encoder under torch.compile.
+        vos_optimized=settings.resolved_compile(),
     )
