@@ -1,0 +1,49 @@
+"""The benchmark runs end to end (tiny setting) and writes what the README promises."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import davis_sequence
+
+from bench.run_benchmark import main
+
+
+def test_benchmark_writes_table_json_and_plot(tmp_path, shared_redis, capsys):
+    davis_sequence("car-shadow")
+    json_path = main(
+        [
+            "--frames",
+            "3",
+            "--objects",
+            "1",
+            "2",
+            "--image-size",
+            "256",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    report = json.loads(json_path.read_text())
+    assert json_path.with_suffix(".png").stat().st_size > 1000
+    rows = report["rows"]
+    assert {(r["path"], r["objects"]) for r in rows} == {
+        ("ours", 1),
+        ("official", 1),
+        ("ours", 2),
+        ("official", 2),
+    }
+    for row in rows:
+        assert row["seconds_per_frame"]["n"] == 2 and row["seconds_per_frame"]["median"] > 0
+        assert row["peak_host_mib"] > 0
+        if row["path"] == "ours":
+            assert row["state_bytes_per_object"] > 0
+            assert {"total", "http_json", "decode", "state_read", "state_write", "shapes"} <= set(
+                row["overhead_ms"]
+            )
+        else:
+            assert row["speed_ratio"] > 0 and 0 <= row["worst_agreement"] <= 1
+    assert report["machine"]["precision"] == "torch.float32"
+    assert "ratio" in capsys.readouterr().out
