@@ -134,8 +134,10 @@ class ModelHandler:
             stepped = self.tracker.step(features, states) if states else []
 
         with timer.phase("state_write"):
-            new_refs = self._store(lambda: self.store.commit(refs, [r.state for r in stepped]))
+            # New states first: if that fails nothing CVAT holds has changed; if the
+            # commit then fails, the new states are orphans that simply expire.
             created = self._store(lambda: self.store.create([r.state for r in started]))
+            new_refs = self._store(lambda: self.store.commit(refs, [r.state for r in stepped]))
 
         answers: list[tuple[int, StepResult, StateRef]] = [
             *((i, r, ref) for (i, _), r, ref in zip(new, started, created)),

@@ -77,7 +77,7 @@ def make_server(host: str, port: int, context, max_body_bytes: int) -> Threading
             self._send(response.status_code, body, response.content_type)
 
         def log_message(self, format: str, *args) -> None:
-            context.logger.debug(format % args)
+            pass  # one line per frame would drown the log; errors are logged by main.handler
 
     return ThreadingHTTPServer((host, port), Handler)
 

@@ -160,20 +160,14 @@ class Sam2StreamTracker:
     def _start_one(
         self, features: FrameFeatures, prompt: Prompt, shape_type: str, legacy: bool
     ) -> StepResult:
-        model = self.model
-        vision_feats, vision_pos_embeds, feat_sizes = features.expanded(model, 1)
         point_inputs, mask_inputs = self._prompt_inputs(prompt, features.frame_size)
-        out = model.track_step(
-            frame_idx=0,
-            is_init_cond_frame=True,
-            current_vision_feats=vision_feats,
-            current_vision_pos_embeds=vision_pos_embeds,
-            feat_sizes=feat_sizes,
+        out, vision_feats, feat_sizes = self._track_step(
+            features,
+            batch_size=1,
+            frame_index=0,
+            output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
             point_inputs=point_inputs,
             mask_inputs=mask_inputs,
-            output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
-            num_frames=STREAM_LENGTH,
-            run_mem_encoder=False,
         )
         low_res = self._fill_holes(out["pred_masks"])
         # The prompt memory is encoded from the consolidated low-res logits, as
@@ -181,7 +175,7 @@ class Sam2StreamTracker:
         high_res = F.interpolate(
             low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
         )
-        memory, _ = model._encode_new_memory(
+        memory, _ = self.model._encode_new_memory(
             current_vision_feats=vision_feats,
             feat_sizes=feat_sizes,
             pred_masks_high_res=high_res,
@@ -265,21 +259,11 @@ class Sam2StreamTracker:
         return {"cond_frame_outputs": cond, "non_cond_frame_outputs": non_cond}
 
     def _step_batch(self, features: FrameFeatures, states: list[ObjectState]) -> list[StepResult]:
-        model = self.model
-        batch_size = len(states)
-        frame_index = states[0].frame_index + 1
-        vision_feats, vision_pos_embeds, feat_sizes = features.expanded(model, batch_size)
-        out = model.track_step(
-            frame_idx=frame_index,
-            is_init_cond_frame=False,
-            current_vision_feats=vision_feats,
-            current_vision_pos_embeds=vision_pos_embeds,
-            feat_sizes=feat_sizes,
-            point_inputs=None,
-            mask_inputs=None,
+        out, _, _ = self._track_step(
+            features,
+            batch_size=len(states),
+            frame_index=states[0].frame_index + 1,
             output_dict=self._memory_bank(states),
-            num_frames=STREAM_LENGTH,
-            run_mem_encoder=True,
         )
         memories = out["maskmem_features"].to(torch.bfloat16)
         low_res = self._fill_holes(out["pred_masks"])
@@ -300,6 +284,34 @@ class Sam2StreamTracker:
         states = [r.state for r in self.start(features, [box], ["rectangle"], [False])]
         for _ in range(frames):
             states = [r.state for r in self.step(features, states)]
+
+    def _track_step(
+        self,
+        features: FrameFeatures,
+        batch_size: int,
+        frame_index: int,
+        output_dict: dict,
+        point_inputs: dict | None = None,
+        mask_inputs: torch.Tensor | None = None,
+    ):
+        """SAM 2's ``track_step`` for a batch: the prompt frame (frame 0, a prompt, memory
+        encoded later from the consolidated logits) or a later frame (memory encoded now).
+        Returns (outputs, vision_feats, feat_sizes)."""
+        is_prompt = frame_index == 0
+        vision_feats, vision_pos_embeds, feat_sizes = features.expanded(self.model, batch_size)
+        out = self.model.track_step(
+            frame_idx=frame_index,
+            is_init_cond_frame=is_prompt,
+            current_vision_feats=vision_feats,
+            current_vision_pos_embeds=vision_pos_embeds,
+            feat_sizes=feat_sizes,
+            point_inputs=point_inputs,
+            mask_inputs=mask_inputs,
+            output_dict=output_dict,
+            num_frames=STREAM_LENGTH,
+            run_mem_encoder=not is_prompt,
+        )
+        return out, vision_feats, feat_sizes
 
     # -- outputs ---------------------------------------------------------------
 
