@@ -3,7 +3,8 @@
 ``POST /`` with a JSON body calls ``main.handler``; ``GET /`` answers once the
 model is loaded. Configured by the same environment as the Nuclio function, plus
 ``PORT`` (default 8080) and ``HOST`` (default 127.0.0.1). Calls are handled one at
-a time, like one Nuclio worker.
+a time on the main thread, like one Nuclio worker (a call that arrives meanwhile
+waits; PyTorch's CPU kernels also run measurably slower from a secondary thread).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import nuclio_sdk
 
@@ -36,9 +36,7 @@ def decode_body(raw: bytes, content_type: str) -> object:
     return raw
 
 
-def make_server(host: str, port: int, context, max_body_bytes: int) -> ThreadingHTTPServer:
-    worker_lock = threading.Lock()
-
+def make_server(host: str, port: int, context, max_body_bytes: int) -> HTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -46,6 +44,9 @@ def make_server(host: str, port: int, context, max_body_bytes: int) -> Threading
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            # One connection per call, so a kept-alive client cannot hold the worker.
+            self.send_header("Connection", "close")
+            self.close_connection = True
             self.end_headers()
             self.wfile.write(body)
 
@@ -71,15 +72,14 @@ def make_server(host: str, port: int, context, max_body_bytes: int) -> Threading
                 path=self.path,
                 size=length,
             )
-            with worker_lock:
-                response = main.handler(context, event)
+            response = main.handler(context, event)
             body = response.body if isinstance(response.body, bytes) else response.body.encode()
             self._send(response.status_code, body, response.content_type)
 
         def log_message(self, format: str, *args) -> None:
             pass  # one line per frame would drown the log; errors are logged by main.handler
 
-    return ThreadingHTTPServer((host, port), Handler)
+    return HTTPServer((host, port), Handler)
 
 
 def run() -> None:

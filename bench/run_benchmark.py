@@ -165,7 +165,27 @@ class RunResult:
         return data
 
 
-def run_ours(handler, server_url, redis_client, prefix, paths, masks, device) -> RunResult:
+def serve_while(server, work) -> None:
+    """Run ``work`` (the HTTP client) on a thread while the server answers on this one,
+    as a Nuclio worker runs its handler on its main thread."""
+    failure: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            work()
+        except BaseException as error:  # re-raised below, on the main thread
+            failure.append(error)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    server.timeout = 0.1
+    while thread.is_alive():
+        server.handle_request()
+    if failure:
+        raise failure[0]
+
+
+def run_ours(handler, server, redis_client, prefix, paths, masks, device) -> RunResult:
     frames = [base64.b64encode(p.read_bytes()).decode() for p in paths]
     shapes = [{"type": "mask", "points": encode_rle(m)} for m in masks]
 
@@ -176,8 +196,9 @@ def run_ours(handler, server_url, redis_client, prefix, paths, masks, device) ->
         with urllib.request.urlopen(request, timeout=3600) as response:
             return json.loads(response.read())
 
-    wall, overhead, out_masks = [], [], []
-    with PeakMemory(device) as memory:
+    wall, overhead, out_masks, final_states = [], [], [], []
+
+    def track() -> None:
         answer = post({"image": frames[0], "shapes": shapes, "states": []})
         states = answer["states"]
         for image in frames[1:]:
@@ -202,7 +223,12 @@ def run_ours(handler, server_url, redis_client, prefix, paths, masks, device) ->
             )
             first = answer["shapes"][0]
             out_masks.append(first["points"] if first else None)
-    token = states[0]["sam2"]
+        final_states.extend(states)
+
+    server_url = f"http://127.0.0.1:{server.server_address[1]}/"
+    with PeakMemory(device) as memory:
+        serve_while(server, track)
+    token = final_states[0]["sam2"]
     state_bytes = sum(
         redis_client.strlen(key) for key in redis_client.scan_iter(match=f"{prefix}{token}:*")
     )
@@ -377,8 +403,6 @@ def main(argv: list[str] | None = None) -> Path:
     context = serve.make_context()
     context.user_data.model_handler = handler
     server = serve.make_server("127.0.0.1", 0, context, serve.DEFAULT_MAX_BODY_BYTES)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/"
 
     officials = [("official", eager)]
     if device.type == "cuda":
@@ -397,7 +421,7 @@ def main(argv: list[str] | None = None) -> Path:
             size = Image.open(paths[0]).size
             for count in args.objects:
                 masks = object_masks(args.sequence, count, size)
-                results = {"ours": run_ours(handler, url, client, prefix, paths, masks, device)}
+                results = {"ours": run_ours(handler, server, client, prefix, paths, masks, device)}
                 for label, model in officials:
                     results[label] = run_official(model, folder, masks, device, precision, label)
                 ours = results["ours"]
@@ -414,7 +438,7 @@ def main(argv: list[str] | None = None) -> Path:
                     [r for r in rows if r["resolution"] == resolution and r["objects"] == count]
                 )
     finally:
-        server.shutdown()
+        server.server_close()
         keys = list(client.scan_iter(match=f"{prefix}*"))
         if keys:
             client.delete(*keys)
