@@ -70,7 +70,15 @@ def test_polygon_rasterises_the_pixels_it_covers():
 
 
 @pytest.mark.parametrize(
-    "points", [[1, 2, 3, 4], [1, 2, 3, 4, 5], [0, 0, 1e30, 0, 5, 5], [0, 0, "a", 1, 2, 2]]
+    "points",
+    [
+        [1, 2, 3, 4],
+        [1, 2, 3, 4, 5],
+        [0, 0, 1e30, 0, 5, 5],
+        [0, 0, "a", 1, 2, 2],
+        [0.0, 1.0] * 100_001,  # more vertices than any outline needs
+    ],
+    ids=["two points", "odd", "huge coordinate", "string", "too many points"],
 )
 def test_malformed_polygons_are_refused(points):
     with pytest.raises(ShapeError):

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,15 +47,10 @@ def decode_frame(image_b64: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
             return image.convert("RGB")
     except FrameError:
         raise
-    except (
-        UnidentifiedImageError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-        OSError,
-        ValueError,
-        SyntaxError,
-    ) as error:
-        raise FrameError(f"'image' could not be decoded as an image: {error}") from error
+    except MemoryError:
+        raise
+    except Exception as error:
+        raise FrameError(f"'image' could not be decoded as an image: {error!r}") from error
 
 
 def preprocess_frame(image: Image.Image, image_size: int, device: torch.device) -> torch.Tensor:

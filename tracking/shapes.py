@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 POLYGON_TOLERANCE_PX = 1.0
+MAX_POLYGON_POINTS = 100_000
 COORDINATE_LIMIT = 1 << 20  # far beyond any frame; keeps arithmetic exact
 
 
@@ -87,24 +88,28 @@ def rasterize_polygon(points: object, height: int, width: int) -> np.ndarray:
     xy = np.asarray(values, dtype=np.float64).reshape(-1, 2)
     if np.abs(xy).max() > COORDINATE_LIMIT:
         raise ShapeError("polygon coordinates are out of range")
+    if len(xy) > MAX_POLYGON_POINTS:
+        raise ShapeError(f"polygon has {len(xy)} points, more than {MAX_POLYGON_POINTS}")
     x0, y0 = xy[:, 0], xy[:, 1]
     x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
     mask = np.zeros((height, width), dtype=bool)
     first_row = max(0, int(np.floor(y0.min())))
     last_row = min(height, int(np.ceil(y0.max())))
-    if first_row >= last_row:
-        return mask
-    centres_y = np.arange(first_row, last_row)[:, None] + 0.5  # (rows, 1)
-    crosses = (y0 <= centres_y) != (y1 <= centres_y)  # (rows, edges)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        crossing_x = x0 + (centres_y - y0) / (y1 - y0) * (x1 - x0)
-    for row, (row_crosses, row_x) in enumerate(zip(crosses, crossing_x)):
-        xs = np.sort(row_x[row_crosses])
-        # Pixel column c has its centre at c + 0.5: inside when xa <= c + 0.5 < xb.
-        starts = np.clip(np.ceil(xs[0::2] - 0.5), 0, width).astype(int)
-        stops = np.clip(np.ceil(xs[1::2] - 0.5), 0, width).astype(int)
-        for start, stop in zip(starts, stops):
-            mask[first_row + row, start:stop] = True
+    # Rows in chunks so (rows x edges) intermediates stay small for long outlines.
+    chunk = max(1, (1 << 22) // len(xy))
+    for chunk_start in range(first_row, last_row, chunk):
+        rows = np.arange(chunk_start, min(last_row, chunk_start + chunk))
+        centres_y = rows[:, None] + 0.5  # (rows, 1)
+        crosses = (y0 <= centres_y) != (y1 <= centres_y)  # (rows, edges)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            crossing_x = x0 + (centres_y - y0) / (y1 - y0) * (x1 - x0)
+        for row, row_crosses, row_x in zip(rows, crosses, crossing_x):
+            xs = np.sort(row_x[row_crosses])
+            # Pixel column c has its centre at c + 0.5: inside when xa <= c + 0.5 < xb.
+            starts = np.clip(np.ceil(xs[0::2] - 0.5), 0, width).astype(int)
+            stops = np.clip(np.ceil(xs[1::2] - 0.5), 0, width).astype(int)
+            for start, stop in zip(starts, stops):
+                mask[row, start:stop] = True
     return mask
 
 
