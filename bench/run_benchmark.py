@@ -26,6 +26,7 @@ import urllib.request
 import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -147,22 +148,47 @@ def object_masks(sequence: str, count: int, size: tuple[int, int]) -> list[np.nd
 @dataclass
 class RunResult:
     path: str  # "ours", "official" or "official-vos"
-    resolution: str
     objects: int
-    seconds_per_frame: dict
-    frames_per_second: float
-    ms_per_object: float
+    frame_seconds: list[float]  # per tracked frame, pooled over repeats
     load_seconds: float = 0.0
-    overhead_ms: dict = field(default_factory=dict)  # ours: time outside the model per call
+    overhead_samples: list[dict] = field(default_factory=list)  # ours: ms outside the model
     state_bytes_per_object: int = 0
     peak_host_mib: float = 0.0
     peak_gpu_mib: float = 0.0
-    masks: list = field(default_factory=list, repr=False)  # kept in memory for agreement
+    masks: list = field(default_factory=list)  # first object's masks, for agreement
+
+    def merged(self, other: RunResult) -> RunResult:
+        """This run and a repeat of it, pooled."""
+        return RunResult(
+            path=self.path,
+            objects=self.objects,
+            frame_seconds=self.frame_seconds + other.frame_seconds,
+            load_seconds=max(self.load_seconds, other.load_seconds),
+            overhead_samples=self.overhead_samples + other.overhead_samples,
+            state_bytes_per_object=max(self.state_bytes_per_object, other.state_bytes_per_object),
+            peak_host_mib=max(self.peak_host_mib, other.peak_host_mib),
+            peak_gpu_mib=max(self.peak_gpu_mib, other.peak_gpu_mib),
+            masks=self.masks,
+        )
 
     def summary(self) -> dict:
-        data = asdict(self)
-        data.pop("masks")
-        return data
+        per_frame = spread(self.frame_seconds)
+        overhead = {
+            key: statistics.median(sample.get(key, 0.0) for sample in self.overhead_samples)
+            for key in (self.overhead_samples[0] if self.overhead_samples else {})
+        }
+        return {
+            "path": self.path,
+            "objects": self.objects,
+            "seconds_per_frame": per_frame,
+            "frames_per_second": 1.0 / per_frame["median"],
+            "ms_per_object": per_frame["median"] * 1e3 / self.objects,
+            "load_seconds": self.load_seconds,
+            "overhead_ms": overhead,
+            "state_bytes_per_object": self.state_bytes_per_object,
+            "peak_host_mib": self.peak_host_mib,
+            "peak_gpu_mib": self.peak_gpu_mib,
+        }
 
 
 def serve_while(server, work) -> None:
@@ -232,17 +258,11 @@ def run_ours(handler, server, redis_client, prefix, paths, masks, device) -> Run
     state_bytes = sum(
         redis_client.strlen(key) for key in redis_client.scan_iter(match=f"{prefix}{token}:*")
     )
-    per_frame = spread(wall)
     return RunResult(
         path="ours",
-        resolution="",
         objects=len(masks),
-        seconds_per_frame=per_frame,
-        frames_per_second=1.0 / per_frame["median"],
-        ms_per_object=per_frame["median"] * 1e3 / len(masks),
-        overhead_ms={
-            key: statistics.median(o.get(key, 0.0) for o in overhead) for key in overhead[0]
-        },
+        frame_seconds=wall,
+        overhead_samples=overhead,
         state_bytes_per_object=state_bytes,
         peak_host_mib=memory.host_peak / 2**20,
         peak_gpu_mib=memory.gpu_peak / 2**20,
@@ -272,14 +292,10 @@ def run_official(model, folder, masks, device, precision, label) -> RunResult:
                 out_masks.append(masks_now)
             last = now
         model.reset_state(state)
-    per_frame = spread(times)
     return RunResult(
         path=label,
-        resolution="",
         objects=len(masks),
-        seconds_per_frame=per_frame,
-        frames_per_second=1.0 / per_frame["median"],
-        ms_per_object=per_frame["median"] * 1e3 / len(masks),
+        frame_seconds=times,
         load_seconds=load_seconds,
         peak_host_mib=memory.host_peak / 2**20,
         peak_gpu_mib=memory.gpu_peak / 2**20,
@@ -366,6 +382,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--precision", default=None, help="float32 or bfloat16 (CUDA default)")
     parser.add_argument("--compile", default=None, help="1/0: SAM 2's compiled components")
     parser.add_argument("--image-size", type=int, default=None, help="SAM 2 input (1024)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per path, order alternated")
     parser.add_argument("--redis-port", type=int, default=6379)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -421,18 +438,33 @@ def main(argv: list[str] | None = None) -> Path:
             size = Image.open(paths[0]).size
             for count in args.objects:
                 masks = object_masks(args.sequence, count, size)
-                results = {"ours": run_ours(handler, server, client, prefix, paths, masks, device)}
-                for label, model in officials:
-                    results[label] = run_official(model, folder, masks, device, precision, label)
-                ours = results["ours"]
+                runs = {
+                    "ours": partial(
+                        run_ours, handler, server, client, prefix, paths, masks, device
+                    ),
+                    **{
+                        label: partial(run_official, model, folder, masks, device, precision, label)
+                        for label, model in officials
+                    },
+                }
+                results: dict[str, RunResult] = {}
+                for repeat in range(args.repeats):
+                    # Alternate the order so neither path always runs first.
+                    order = list(runs) if repeat % 2 == 0 else list(reversed(runs))
+                    for label in order:
+                        result = runs[label]()
+                        results[label] = (
+                            results[label].merged(result) if label in results else result
+                        )
+                ours = results["ours"].summary()
                 for label, result in results.items():
                     row = result.summary()
                     row["resolution"] = resolution
                     if label != "ours":
                         row["speed_ratio"] = (
-                            result.seconds_per_frame["median"] / ours.seconds_per_frame["median"]
+                            row["seconds_per_frame"]["median"] / ours["seconds_per_frame"]["median"]
                         )
-                        row["worst_agreement"] = agreement(ours, result, size)
+                        row["worst_agreement"] = agreement(results["ours"], result, size)
                     rows.append(row)
                 print_table(
                     [r for r in rows if r["resolution"] == resolution and r["objects"] == count]
