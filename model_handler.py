@@ -78,7 +78,10 @@ class ModelHandler:
         settings = ModelSettings.from_env(env)
         model = load_sam2(settings, env)
         tracker = Sam2StreamTracker(
-            model, settings.model_id(model.image_size), settings.resolved_precision()
+            model,
+            settings.model_id(model.image_size),
+            settings.resolved_precision(),
+            max_batch=int(env["SAM2_OBJECT_BATCH"]) if env.get("SAM2_OBJECT_BATCH") else None,
         )
         if settings.resolved_compile():
             log.info("warming up compiled SAM 2 (the first time takes minutes)")
