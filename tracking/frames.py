@@ -1,14 +1,16 @@
 """Frames as CVAT sends them (base64 JPEG/PNG) to SAM 2's input tensor.
 
-Preprocessing is exactly the official predictor's (``sam2.utils.misc._load_img_as_tensor``
-and ``load_video_frames_from_jpg_images``): PIL RGB, ``resize((S, S))`` with PIL's
-default filter, uint8 / 255.0 in float64 then float32, ImageNet mean/std.
+Preprocessing gives exactly the official predictor's values
+(``sam2.utils.misc._load_img_as_tensor`` and ``load_video_frames_from_jpg_images``):
+PIL RGB, ``resize((S, S))`` with PIL's default filter, uint8 / 255.0 in float64 then
+float32, minus ImageNet mean, divided by std.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import warnings
 
@@ -53,13 +55,32 @@ def decode_frame(image_b64: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         raise FrameError(f"'image' could not be decoded as an image: {error!r}") from error
 
 
+@functools.cache
+def _normalisation_table() -> np.ndarray:
+    """(3, 256) float32: the normalised value of each uint8 level per channel, computed
+    with exactly the official arithmetic (float64 / 255, to float32, - mean, / std)."""
+    levels = torch.from_numpy(np.arange(256, dtype=np.uint8) / 255.0).to(torch.float32)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None]
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None]
+    table = levels[None, :] - mean
+    table /= std
+    return table.numpy()
+
+
 def preprocess_frame(image: Image.Image, image_size: int, device: torch.device) -> torch.Tensor:
-    """SAM 2 input for one frame: (1, 3, image_size, image_size) float32, normalised."""
-    resized = np.array(image.resize((image_size, image_size)))
-    pixels = torch.from_numpy(resized / 255.0).permute(2, 0, 1).to(torch.float32)
-    pixels = pixels.to(device)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device)[:, None, None]
-    pixels -= mean
-    pixels /= std
-    return pixels.unsqueeze(0)
+    """SAM 2 input for one frame: (1, 3, image_size, image_size) float32, normalised.
+
+    Equal bit for bit to the official float pipeline, but as a table look-up per pixel
+    (a uint8 has 256 levels), which is several times faster than the float arithmetic.
+    """
+    resized = np.asarray(image.resize((image_size, image_size)))  # (S, S, 3) uint8
+    table = _normalisation_table()
+    if device.type == "cpu":
+        pixels = np.empty((3, image_size, image_size), dtype=np.float32)
+        for channel in range(3):
+            np.take(table[channel], resized[:, :, channel], out=pixels[channel])
+        return torch.from_numpy(pixels).unsqueeze(0)
+    # On an accelerator: ship uint8 (4x fewer bytes) and look up there.
+    levels = torch.from_numpy(resized).to(device).permute(2, 0, 1).long()
+    channels = torch.arange(3, device=device)[:, None, None]
+    return torch.from_numpy(table).to(device)[channels, levels].unsqueeze(0)

@@ -1,0 +1,40 @@
+"""Frame decoding and preprocessing against SAM 2's own frame loader."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import torch
+from conftest import davis_sequence, frame_folder
+from PIL import Image
+from sam2.utils.misc import load_video_frames_from_jpg_images
+
+from tracking.frames import FrameError, decode_frame, preprocess_frame
+
+
+@pytest.mark.parametrize("image_size", [256, 1024])
+def test_preprocessing_equals_the_official_loader(tmp_path, image_size):
+    folder = frame_folder(davis_sequence("dog"), 2, tmp_path)
+    official, height, width = load_video_frames_from_jpg_images(
+        str(folder), image_size, offload_video_to_cpu=True, compute_device=torch.device("cpu")
+    )
+    for index, path in enumerate(sorted(folder.iterdir())):
+        image = decode_frame(base64.b64encode(path.read_bytes()).decode())
+        assert (image.height, image.width) == (height, width)
+        ours = preprocess_frame(image, image_size, torch.device("cpu"))
+        assert ours.dtype == torch.float32 and ours.shape == (1, 3, image_size, image_size)
+        assert torch.equal(ours[0], official[index])
+
+
+def test_frames_too_large_are_refused_before_decoding(tmp_path):
+    path = tmp_path / "big.png"
+    Image.new("L", (400, 300)).save(path)
+    data = base64.b64encode(path.read_bytes()).decode()
+    assert decode_frame(data, max_pixels=400 * 300).size == (400, 300)
+    with pytest.raises(FrameError, match="exceeds"):
+        decode_frame(data, max_pixels=400 * 300 - 1)
+    with pytest.raises(FrameError, match="base64"):
+        decode_frame("not base64!")
+    with pytest.raises(FrameError, match="decoded"):
+        decode_frame(base64.b64encode(b"\x89PNG\r\n\x1a\n broken").decode())
