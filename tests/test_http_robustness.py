@@ -200,7 +200,16 @@ def test_old_cvat_bare_rectangles(server, frames):
         assert 0 <= box[0] < box[2] <= 854 and 0 <= box[1] < box[3] <= 480
 
 
-def test_ten_objects_in_one_call_match_ten_single_calls(server, frames, gt):
+def test_ten_objects_in_one_call_match_ten_single_calls(
+    present_checkpoint, own_redis, function_server_factory, frames, gt
+):
+    # Batched as on a GPU (the CPU default runs objects one at a time).
+    server = function_server_factory(
+        present_checkpoint,
+        image_size=SMALL_IMAGE_SIZE,
+        redis_port=own_redis.port,
+        extra_env={"SAM2_OBJECT_BATCH": "10"},
+    )
     rng = np.random.default_rng(0)
     masks = [gt]
     for _ in range(9):
