@@ -24,7 +24,13 @@ from tracker_state import (
     store_from_env,
 )
 from tracking.engine import BoxPrompt, MaskPrompt, Prompt, Sam2StreamTracker, StepResult
-from tracking.frames import DEFAULT_MAX_PIXELS, FrameError, decode_frame, preprocess_frame
+from tracking.frames import (
+    DEFAULT_MAX_PIXELS,
+    FrameError,
+    FrameTooLarge,
+    decode_frame,
+    preprocess_frame,
+)
 from tracking.model_loading import ModelSettings, load_sam2
 from tracking.protocol import (
     DEFAULT_MAX_OBJECTS,
@@ -109,7 +115,7 @@ class ModelHandler:
             try:
                 image = decode_frame(request.image, self.limits.max_pixels)
             except FrameError as error:
-                status = 413 if "exceeds" in str(error) else 400
+                status = 413 if isinstance(error, FrameTooLarge) else 400
                 raise RequestError(status, str(error)) from error
         frame_size = (image.height, image.width)
 

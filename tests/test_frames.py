@@ -6,11 +6,11 @@ import base64
 
 import pytest
 import torch
-from conftest import davis_sequence, frame_folder
+from conftest import davis_sequence, frame_folder, png_claiming_size
 from PIL import Image
 from sam2.utils.misc import load_video_frames_from_jpg_images
 
-from tracking.frames import FrameError, decode_frame, preprocess_frame
+from tracking.frames import FrameError, FrameTooLarge, decode_frame, preprocess_frame
 
 
 @pytest.mark.parametrize("image_size", [256, 1024])
@@ -34,6 +34,9 @@ def test_frames_too_large_are_refused_before_decoding(tmp_path):
     assert decode_frame(data, max_pixels=400 * 300).size == (400, 300)
     with pytest.raises(FrameError, match="exceeds"):
         decode_frame(data, max_pixels=400 * 300 - 1)
+    bomb = base64.b64encode(png_claiming_size(100_000, 100_000)).decode()
+    with pytest.raises(FrameTooLarge):  # beyond PIL's own decompression-bomb limit too
+        decode_frame(bomb, max_pixels=10**12)
     with pytest.raises(FrameError, match="base64"):
         decode_frame("not base64!")
     with pytest.raises(FrameError, match="decoded"):

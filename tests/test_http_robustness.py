@@ -6,9 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
 import threading
-import zlib
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from conftest import (
     frame_folder,
     frame_paths,
     ground_truth,
+    png_claiming_size,
 )
 from cvat_sdk.masks import decode_mask, encode_mask
 from PIL import Image
@@ -60,18 +59,6 @@ def follow(server, image: str, states: list) -> tuple[list, list]:
     status, answer = server.post({"image": image, "shapes": [None] * len(states), "states": states})
     assert status == 200, answer
     return answer["shapes"], json.loads(json.dumps(answer["states"]))
-
-
-def png_claiming_size(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims a huge image (a decompression bomb)."""
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    ihdr = 8  # signature, then the IHDR chunk: length, type, data, crc
-    data[ihdr + 8 : ihdr + 16] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[ihdr + 4 : ihdr + 21]))
-    data[ihdr + 21 : ihdr + 25] = struct.pack(">I", crc)
-    return bytes(data)
 
 
 def test_bad_requests_get_4xx_and_tracking_goes_on(server, frames, gt):

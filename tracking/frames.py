@@ -29,6 +29,10 @@ class FrameError(ValueError):
     """The request's image cannot be used (missing, not decodable, too large)."""
 
 
+class FrameTooLarge(FrameError):
+    """The image has more pixels than the configured limit (refused before decoding)."""
+
+
 def decode_frame(image_b64: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode CVAT's base64 frame into an RGB PIL image, refusing decompression bombs."""
     if not isinstance(image_b64, str) or not image_b64:
@@ -43,12 +47,14 @@ def decode_frame(image_b64: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
-                raise FrameError(
+                raise FrameTooLarge(
                     f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels"
                 )
             return image.convert("RGB")
     except FrameError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise FrameTooLarge(f"image is too large to decode safely: {error}") from error
     except MemoryError:
         raise
     except Exception as error:
