@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import base64
 
+import numpy as np
 import pytest
 import torch
 from conftest import davis_sequence, frame_folder, png_claiming_size
 from PIL import Image
 from sam2.utils.misc import load_video_frames_from_jpg_images
 
-from tracking.frames import FrameError, FrameTooLarge, decode_frame, preprocess_frame
+from tracking.frames import (
+    FrameError,
+    FrameTooLarge,
+    decode_frame,
+    lookup_on_device,
+    preprocess_frame,
+)
 
 
 @pytest.mark.parametrize("image_size", [256, 1024])
@@ -25,6 +32,9 @@ def test_preprocessing_equals_the_official_loader(tmp_path, image_size):
         ours = preprocess_frame(image, image_size, torch.device("cpu"))
         assert ours.dtype == torch.float32 and ours.shape == (1, 3, image_size, image_size)
         assert torch.equal(ours[0], official[index])
+        # The accelerator path (uint8 shipped, looked up on the device), run on CPU here.
+        resized = np.asarray(image.resize((image_size, image_size)))
+        assert torch.equal(lookup_on_device(resized, torch.device("cpu")), ours)
 
 
 def test_frames_too_large_are_refused_before_decoding(tmp_path):

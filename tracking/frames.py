@@ -86,7 +86,13 @@ def preprocess_frame(image: Image.Image, image_size: int, device: torch.device) 
         for channel in range(3):
             np.take(table[channel], resized[:, :, channel], out=pixels[channel])
         return torch.from_numpy(pixels).unsqueeze(0)
-    # On an accelerator: ship uint8 (4x fewer bytes) and look up there.
-    levels = torch.from_numpy(resized).to(device).permute(2, 0, 1).long()
+    return lookup_on_device(resized, device)
+
+
+def lookup_on_device(resized: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The table look-up done on ``device``: ships uint8 (4x fewer bytes than float32)
+    to an accelerator and normalises there. (S, S, 3) uint8 -> (1, 3, S, S) float32."""
+    levels = torch.tensor(resized, device=device).permute(2, 0, 1).long()
     channels = torch.arange(3, device=device)[:, None, None]
-    return torch.from_numpy(table).to(device)[channels, levels].unsqueeze(0)
+    table = torch.from_numpy(_normalisation_table()).to(device)
+    return table[channels, levels].unsqueeze(0)
