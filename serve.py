@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import nuclio_sdk
 
 import main
+from tracking.model_loading import ModelSetupError
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024  # as function.yaml's maxRequestBodySize
 
@@ -85,7 +86,10 @@ def make_server(host: str, port: int, context, max_body_bytes: int) -> HTTPServe
 def run() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     context = make_context()
-    main.init_context(context)
+    try:
+        main.init_context(context)
+    except ModelSetupError as error:
+        raise SystemExit(f"cannot start: {error}") from None
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "8080"))
     max_body = int(os.environ.get("SAM2_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES)

@@ -93,7 +93,9 @@ def checkpoint_cache_dir(env: dict[str, str]) -> Path:
     return Path(env.get("SAM2_CHECKPOINT_DIR") or default)
 
 
-def download_official_checkpoint(config: str, cache_dir: Path) -> Path:
+def download_official_checkpoint(
+    config: str, cache_dir: Path, base_url: str = CHECKPOINT_BASE_URL
+) -> Path:
     """The official checkpoint for ``config``, downloaded into ``cache_dir`` once."""
     name = OFFICIAL_CHECKPOINTS.get(config)
     if name is None:
@@ -103,17 +105,21 @@ def download_official_checkpoint(config: str, cache_dir: Path) -> Path:
     target = cache_dir / name
     if target.is_file():
         return target
-    url = f"{CHECKPOINT_BASE_URL}/{name}"
+    url = f"{base_url}/{name}"
     log.info("downloading %s to %s", url, target)
+    partial_path: str | None = None
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with (
             urllib.request.urlopen(url, timeout=60) as response,
             tempfile.NamedTemporaryFile(dir=cache_dir, delete=False) as partial,
         ):
+            partial_path = partial.name
             shutil.copyfileobj(response, partial)
-        os.replace(partial.name, target)
+        os.replace(partial_path, target)
     except (urllib.error.URLError, OSError, TimeoutError) as error:
+        if partial_path is not None and os.path.exists(partial_path):
+            os.unlink(partial_path)  # never leave a truncated checkpoint behind
         raise ModelSetupError(
             f"SAM2_CHECKPOINT is not set and the official checkpoint {url} could not be "
             f"downloaded into {cache_dir} ({error}). Download it elsewhere and set "
