@@ -65,10 +65,6 @@ class CachedStateStore(StateStore):
         self._remember(new_refs, new_states)
         return new_refs
 
-    def delete(self, refs: list[StateRef]) -> None:
-        self._forget(refs)
-        self.inner.delete(refs)
-
     def _forget(self, refs: list[StateRef]) -> None:
         with self._lock:
             for ref in refs:

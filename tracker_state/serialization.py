@@ -102,18 +102,21 @@ def changed_parts(state: ObjectState) -> dict[str, bytes]:
     return parts
 
 
-def _load(blob: bytes, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _load(blob: bytes | None, name: str) -> dict[str, torch.Tensor]:
     if not isinstance(blob, bytes | bytearray) or len(blob) < 8:
         raise StateFormatError(f"state part {name!r} is missing or truncated")
     try:
-        tensors = load_tensors(bytes(blob))
-        # The header is JSON after an 8-byte little-endian length (safetensors format).
-        header_len = int.from_bytes(blob[:8], "little")
-        header = json.loads(bytes(blob[8 : 8 + header_len]))
-    except (SafetensorError, ValueError, OverflowError) as error:
+        return load_tensors(bytes(blob))
+    except (SafetensorError, ValueError) as error:
         raise StateFormatError(f"state part {name!r} is not readable: {error}") from error
-    metadata = header.get("__metadata__") or {}
-    return tensors, metadata
+
+
+def _metadata(blob: bytes) -> dict[str, str]:
+    """The string header of a part that ``_load`` already validated: JSON after an
+    8-byte little-endian length (safetensors format)."""
+    header_len = int.from_bytes(blob[:8], "little")
+    header = json.loads(bytes(blob[8 : 8 + header_len]))
+    return header.get("__metadata__") or {}
 
 
 def _expect(tensors: dict[str, torch.Tensor], key: str, dtype: torch.dtype, shape: tuple) -> None:
@@ -122,9 +125,18 @@ def _expect(tensors: dict[str, torch.Tensor], key: str, dtype: torch.dtype, shap
         raise StateFormatError(f"state field {key!r} has an unexpected type or shape")
 
 
+def stored_frame_index(head: bytes) -> int:
+    """Frame index recorded in a stored head part, without decoding the whole state."""
+    tensors = _load(head, HEAD)
+    _expect(tensors, "frame_index", torch.int64, (1,))
+    return int(tensors["frame_index"])
+
+
 def decode_state(parts: dict[str, bytes | None]) -> ObjectState:
     """Rebuild a state from its parts, validating every field; raises StateFormatError."""
-    head, metadata = _load(parts.get(HEAD), HEAD)
+    head_blob = parts.get(HEAD)
+    head = _load(head_blob, HEAD)
+    metadata = _metadata(head_blob)
     if metadata.get("format_version") != FORMAT_VERSION:
         raise StateFormatError(
             f"state format {metadata.get('format_version')!r} is not {FORMAT_VERSION!r}"
@@ -150,7 +162,7 @@ def decode_state(parts: dict[str, bytes | None]) -> ObjectState:
     _expect(head, "memory_frames", torch.int64, (memory_capacity,))
 
     def load_memory(name: str, frame_index: int) -> torch.Tensor:
-        tensors, _ = _load(parts.get(name), name)
+        tensors = _load(parts.get(name), name)
         _expect(tensors, "memory", MEMORY_DTYPE, memory_shape)
         _expect(tensors, "frame_index", torch.int64, (1,))
         if int(tensors["frame_index"]) != frame_index:

@@ -21,15 +21,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import redis
-from safetensors.torch import load as load_tensors
 
 from tracker_state.serialization import (
     HEAD,
-    StateFormatError,
     changed_parts,
     decode_state,
     encode_state,
     part_names,
+    stored_frame_index,
 )
 from tracker_state.state import ObjectState
 
@@ -69,14 +68,6 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def stored_frame_index(head: bytes) -> int:
-    """Frame index recorded in a stored head part, without decoding the whole state."""
-    try:
-        return int(load_tensors(head)["frame_index"])
-    except Exception as error:
-        raise StateFormatError(f"stored state head is not readable: {error}") from error
-
-
 class StateStore(ABC):
     """Keeps object states between calls, addressed by StateRef."""
 
@@ -94,9 +85,6 @@ class StateStore(ABC):
     @abstractmethod
     def commit(self, refs: list[StateRef], new_states: list[ObjectState]) -> list[StateRef]:
         """Replace the states at ``refs`` by ``new_states`` (one frame later), all or nothing."""
-
-    @abstractmethod
-    def delete(self, refs: list[StateRef]) -> None: ...
 
 
 class PartStore(StateStore):
@@ -133,9 +121,6 @@ class PartStore(StateStore):
         self._compare_and_write(expected, writes)
         return [StateRef(ref.token, state.frame_index) for ref, state in zip(refs, new_states)]
 
-    def delete(self, refs: list[StateRef]) -> None:
-        self._delete([ref.token for ref in refs])
-
     @abstractmethod
     def _insert(self, entries: dict[str, dict[str, bytes]]) -> None: ...
 
@@ -148,9 +133,6 @@ class PartStore(StateStore):
     ) -> None:
         """Write ``writes`` if every token's stored frame index equals ``expected``;
         refresh the TTL of all parts of those tokens."""
-
-    @abstractmethod
-    def _delete(self, tokens: list[str]) -> None: ...
 
     def _check_expected(self, token: str, head: bytes | None, frame_index: int) -> None:
         if head is None:
@@ -197,19 +179,10 @@ class InMemoryStateStore(PartStore):
                 stored.update(parts)
                 self._entries[token] = (time.monotonic() + self.ttl_seconds, stored)
 
-    def _delete(self, tokens: list[str]) -> None:
-        with self._lock:
-            for token in tokens:
-                self._entries.pop(token, None)
-
-    def stored_bytes(self) -> int:
-        with self._lock:
-            return sum(len(b) for _, parts in self._entries.values() for b in parts.values())
-
 
 class RedisStateStore(PartStore):
     """States in Redis or Kvrocks, one key per object part, using only common commands
-    (SET EX, MGET, EXPIRE, DEL, WATCH/MULTI/EXEC)."""
+    (SET EX, MGET, EXPIRE, WATCH/MULTI/EXEC)."""
 
     def __init__(
         self,
@@ -277,8 +250,3 @@ class RedisStateStore(PartStore):
                     raise StateConflict(next(iter(expected))) from error
 
         self._run(operation)
-
-    def _delete(self, tokens: list[str]) -> None:
-        keys = [self.key(token, part) for token in tokens for part in self.part_names]
-        if keys:
-            self._run(lambda: self.client.delete(*keys))

@@ -81,8 +81,9 @@ class StepResult:
     """One object's outcome on one frame."""
 
     state: ObjectState
-    low_res_logits: torch.Tensor  # (1, 256, 256) float32 mask logits at image_size / 4
-    object_score: float  # SAM 2's object score logit; <= 0 means "not visible"
+    # (1, 256, 256) float32 mask logits at image_size / 4; when SAM 2's object score says
+    # "not visible" they are all a large negative constant, so the mask comes out empty.
+    low_res_logits: torch.Tensor
 
 
 class Sam2StreamTracker:
@@ -205,7 +206,7 @@ class Sam2StreamTracker:
             memory_capacity=self.memory_capacity,
             pointer_capacity=self.pointer_capacity,
         )
-        return StepResult(state, low_res[0], float(out["object_score_logits"][0, 0]))
+        return StepResult(state, low_res[0])
 
     # -- later frames ----------------------------------------------------------
 
@@ -284,9 +285,8 @@ class Sam2StreamTracker:
         memories = out["maskmem_features"].to(torch.bfloat16)
         low_res = self._fill_holes(out["pred_masks"])
         obj_ptrs = out["obj_ptr"].float()
-        scores = out["object_score_logits"][:, 0].tolist()
         return [
-            StepResult(state.advanced(memories[i], obj_ptrs[i]), low_res[i], scores[i])
+            StepResult(state.advanced(memories[i], obj_ptrs[i]), low_res[i])
             for i, state in enumerate(states)
         ]
 
