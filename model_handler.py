@@ -87,7 +87,7 @@ class ModelHandler:
             model,
             settings.model_id(model.image_size),
             settings.resolved_precision(),
-            max_batch=int(env["SAM2_OBJECT_BATCH"]) if env.get("SAM2_OBJECT_BATCH") else None,
+            max_batch=settings.object_batch,
         )
         if settings.resolved_compile():
             log.info("warming up compiled SAM 2 (the first time takes minutes)")

@@ -40,7 +40,7 @@ from tracker_state import CachedStateStore, RedisStateStore
 from tracking.engine import Sam2StreamTracker
 from tracking.model_loading import DEFAULT_MODEL_CFG, ModelSettings, load_sam2
 from tracking.random_weights import make_random_checkpoint
-from tracking.shapes import encode_rle
+from tracking.shapes import decode_rle, encode_rle
 
 REPO = Path(__file__).resolve().parents[1]
 DAVIS = REPO.parent / "shared" / "davis2016"
@@ -214,6 +214,7 @@ def serve_while(server, work) -> None:
 def run_ours(handler, server, redis_client, prefix, paths, masks, device) -> RunResult:
     frames = [base64.b64encode(p.read_bytes()).decode() for p in paths]
     shapes = [{"type": "mask", "points": encode_rle(m)} for m in masks]
+    server_url = f"http://127.0.0.1:{server.server_address[1]}/"
 
     def post(body: dict) -> dict:
         request = urllib.request.Request(
@@ -251,7 +252,6 @@ def run_ours(handler, server, redis_client, prefix, paths, masks, device) -> Run
             out_masks.append(first["points"] if first else None)
         final_states.extend(states)
 
-    server_url = f"http://127.0.0.1:{server.server_address[1]}/"
     with PeakMemory(device) as memory:
         serve_while(server, track)
     token = final_states[0]["sam2"]
@@ -305,8 +305,6 @@ def run_official(model, folder, masks, device, precision, label) -> RunResult:
 
 def agreement(ours: RunResult, official: RunResult, size: tuple[int, int]) -> float:
     """Worst per-frame pixel agreement of the first object's masks."""
-    from tracking.shapes import decode_rle
-
     width, height = size
     worst = 1.0
     for points, theirs in zip(ours.masks, official.masks, strict=True):
@@ -385,6 +383,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--repeats", type=int, default=2, help="runs per path, order alternated")
     parser.add_argument("--redis-port", type=int, default=6379)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--object-batch", type=int, default=None, help="objects per pass")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
 
@@ -397,6 +396,7 @@ def main(argv: list[str] | None = None) -> Path:
         device=args.device,
         compile=None if args.compile is None else args.compile == "1",
         precision=args.precision,
+        object_batch=args.object_batch,
     )
     device = settings.resolved_device()
     precision = settings.resolved_precision()
@@ -410,7 +410,9 @@ def main(argv: list[str] | None = None) -> Path:
     # Eager model shared by our path and the official predictor; compiled ones apart.
     eager = load_sam2(ModelSettings(**{**asdict(settings), "compile": False}), {})
     ours_model = load_sam2(settings, {}) if settings.resolved_compile() else eager
-    tracker = Sam2StreamTracker(ours_model, settings.model_id(ours_model.image_size), precision)
+    tracker = Sam2StreamTracker(
+        ours_model, settings.model_id(ours_model.image_size), precision, settings.object_batch
+    )
     if settings.resolved_compile():
         tracker.warm_up()
     client = redis.Redis(port=args.redis_port)

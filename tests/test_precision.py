@@ -18,9 +18,15 @@ def test_cuda_defaults_to_compiled_bfloat16_and_cpu_to_exact_float32():
     assert cuda.resolved_compile() and cuda.resolved_precision() == torch.bfloat16
     cpu = ModelSettings(device="cpu")
     assert not cpu.resolved_compile() and cpu.resolved_precision() == torch.float32
-    env = {"SAM2_DEVICE": "cuda", "SAM2_COMPILE": "0", "SAM2_PRECISION": "float32"}
+    env = {
+        "SAM2_DEVICE": "cuda",
+        "SAM2_COMPILE": "0",
+        "SAM2_PRECISION": "float32",
+        "SAM2_OBJECT_BATCH": "4",
+    }
     chosen = ModelSettings.from_env(env)
     assert not chosen.resolved_compile() and chosen.resolved_precision() == torch.float32
+    assert chosen.object_batch == 4 and ModelSettings.from_env({}).object_batch is None
     with pytest.raises(ModelSetupError, match="SAM2_PRECISION"):
         ModelSettings(precision="float8").resolved_precision()
 

@@ -52,6 +52,8 @@ class ModelSettings:
     # None: on for CUDA, off for CPU (SAM 2's vos_optimized compilation; bfloat16 autocast).
     compile: bool | None = None
     precision: str | None = None
+    # Objects per forward pass; None: the tracker's per-device default.
+    object_batch: int | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> ModelSettings:
@@ -63,6 +65,7 @@ class ModelSettings:
             hydra_overrides=tuple(overrides),
             compile=_flag(env.get("SAM2_COMPILE")),
             precision=env.get("SAM2_PRECISION") or None,
+            object_batch=int(env["SAM2_OBJECT_BATCH"]) if env.get("SAM2_OBJECT_BATCH") else None,
         )
 
     def resolved_device(self) -> torch.device:
