@@ -264,3 +264,46 @@ def png_claiming_size(width: int, height: int) -> bytes:
     crc = zlib.crc32(bytes(data[ihdr + 4 : ihdr + 21]))
     data[ihdr + 21 : ihdr + 25] = struct.pack(">I", crc)
     return bytes(data)
+
+
+def track_frames(tracker, paths, prompts, store=None):
+    """Drive a Sam2StreamTracker over frame files as the handler does, yielding per frame
+    (logits (objects, 1, H, W) at the frame's size, states). With a ``store`` every state
+    goes through it (serialised, bfloat16 memories) between frames."""
+    from tracking.engine import MaskPrompt
+    from tracking.frames import preprocess_frame
+
+    refs, states = None, []
+    for index, path in enumerate(paths):
+        image = Image.open(path).convert("RGB")
+        frame_size = (image.height, image.width)
+        pixels = preprocess_frame(image, tracker.image_size, tracker.device)
+        features = tracker.encode_frame(pixels, frame_size)
+        if index == 0:
+            kinds = ["mask" if isinstance(p, MaskPrompt) else "rectangle" for p in prompts]
+            results = tracker.start(features, prompts, kinds, [False] * len(prompts))
+        else:
+            if store is not None:
+                states = store.load(refs)
+            results = tracker.step(features, states)
+        states = [r.state for r in results]
+        if store is not None:
+            refs = store.create(states) if index == 0 else store.commit(refs, states)
+        low_res = torch.stack([r.low_res_logits for r in results])
+        yield tracker.upsample(low_res, frame_size), states
+
+
+def official_logits(model, folder, prompts, num_frames: int) -> list[torch.Tensor]:
+    """Video-resolution logits (objects, 1, H, W) per frame from the official predictor."""
+    state = model.init_state(str(folder))
+    from tracking.engine import MaskPrompt
+
+    for obj_id, prompt in enumerate(prompts):
+        if isinstance(prompt, MaskPrompt):
+            model.add_new_mask(state, 0, obj_id, prompt.mask)
+        else:
+            model.add_new_points_or_box(state, 0, obj_id, box=list(prompt.box))
+    frames = {}
+    for index, _, logits in model.propagate_in_video(state, max_frame_num_to_track=num_frames - 1):
+        frames[index] = logits.clone()
+    return [frames[i] for i in range(num_frames)]

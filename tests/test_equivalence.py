@@ -16,12 +16,12 @@ from conftest import (
     frame_folder,
     frame_paths,
     ground_truth,
+    official_logits,
+    track_frames,
 )
-from PIL import Image
 
 from tracker_state import InMemoryStateStore
 from tracking.engine import BoxPrompt, MaskPrompt, Sam2StreamTracker
-from tracking.frames import preprocess_frame
 
 LOGIT_TOLERANCE = 1e-5  # batched objects differ from one-by-one by float rounding (~3e-7)
 
@@ -36,43 +36,12 @@ def extra_masks(gt: np.ndarray) -> list[np.ndarray]:
     return [left, patch]
 
 
-def official_logits(model, folder, prompts, num_frames: int) -> list[torch.Tensor]:
-    """Video-resolution logits (objects, 1, H, W) per frame from the official predictor."""
-    state = model.init_state(str(folder))
-    for obj_id, prompt in enumerate(prompts):
-        if isinstance(prompt, MaskPrompt):
-            model.add_new_mask(state, 0, obj_id, prompt.mask)
-        else:
-            model.add_new_points_or_box(state, 0, obj_id, box=list(prompt.box))
-    frames = {}
-    for index, _, logits in model.propagate_in_video(state, max_frame_num_to_track=num_frames - 1):
-        frames[index] = logits.clone()
-    return [frames[i] for i in range(num_frames)]
-
-
 def streamed_logits(
     model, paths, prompts, num_frames: int, max_batch: int = 1
 ) -> list[torch.Tensor]:
     tracker = Sam2StreamTracker(model, "test-model", max_batch=max_batch)
     store = InMemoryStateStore(tracker.memory_capacity)
-    refs = None
-    outputs = []
-    for index, path in enumerate(paths[:num_frames]):
-        image = Image.open(path).convert("RGB")
-        frame_size = (image.height, image.width)
-        features = tracker.encode_frame(
-            preprocess_frame(image, tracker.image_size, tracker.device), frame_size
-        )
-        if index == 0:
-            kinds = ["mask" if isinstance(p, MaskPrompt) else "rectangle" for p in prompts]
-            results = tracker.start(features, prompts, kinds, [False] * len(prompts))
-            refs = store.create([r.state for r in results])
-        else:
-            results = tracker.step(features, store.load(refs))
-            refs = store.commit(refs, [r.state for r in results])
-        low_res = torch.stack([r.low_res_logits for r in results])
-        outputs.append(tracker.upsample(low_res, frame_size))
-    return outputs
+    return [logits for logits, _ in track_frames(tracker, paths[:num_frames], prompts, store)]
 
 
 def assert_equivalent(ours: list[torch.Tensor], reference: list[torch.Tensor], trivial_ok=False):

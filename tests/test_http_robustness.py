@@ -10,19 +10,21 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 from conftest import (
     SMALL_IMAGE_SIZE,
+    build_model,
     davis_sequence,
     frame_folder,
     frame_paths,
     ground_truth,
+    official_logits,
     png_claiming_size,
 )
 from cvat_sdk.masks import decode_mask, encode_mask
 from PIL import Image
 
 from tracker_state.stores import new_token
+from tracking.engine import BoxPrompt
 from tracking.shapes import mask_to_box, rasterize_polygon
 
 SEQUENCE = "blackswan"
@@ -220,19 +222,12 @@ def test_ten_objects_in_one_call_match_ten_single_calls(
 @pytest.fixture(scope="module")
 def official_box_track(present_checkpoint, tmp_path_factory, gt):
     """The official predictor's masks from a box prompt at the same input size."""
-    from conftest import build_model
-
     model, _ = build_model(present_checkpoint, SMALL_IMAGE_SIZE)
     folder = frame_folder(davis_sequence(SEQUENCE), 16, tmp_path_factory.mktemp("frames"))
     rows, cols = np.flatnonzero(gt.any(axis=1)), np.flatnonzero(gt.any(axis=0))
     box = [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
-    state = model.init_state(str(folder))
-    model.add_new_points_or_box(state, 0, 1, box=box)
-    masks = {}
-    with torch.inference_mode():
-        for index, _, logits in model.propagate_in_video(state, max_frame_num_to_track=4):
-            masks[index] = (logits[0, 0] > 0).numpy()
-    return box, [masks[i] for i in range(5)]
+    logits = official_logits(model, folder, [BoxPrompt(tuple(box))], 5)
+    return box, [(frame[0, 0] > 0).numpy() for frame in logits]
 
 
 def test_rectangles_follow_the_official_box_track(server, frames, official_box_track):

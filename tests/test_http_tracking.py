@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import build_model, davis_sequence, frame_paths, ground_truth
+from conftest import build_model, davis_sequence, frame_paths, ground_truth, official_logits
 from cvat_sdk.masks import decode_mask, encode_mask
 
 from tracking.engine import MaskPrompt
@@ -43,12 +43,9 @@ def official_masks(present_checkpoint):
     """The official predictor's masks for the first NUM_FRAMES frames, given the whole video."""
     sequence = davis_sequence("dog")
     model, _ = build_model(present_checkpoint, 1024)
-    state = model.init_state(str(sequence / "frames"))
-    model.add_new_mask(state, 0, 1, MaskPrompt(torch.from_numpy(ground_truth(sequence))).mask)
-    masks = {}
-    for index, _, logits in model.propagate_in_video(state, max_frame_num_to_track=NUM_FRAMES - 1):
-        masks[index] = (logits[0, 0] > 0).numpy()
-    return [masks[i] for i in range(NUM_FRAMES)]
+    prompt = MaskPrompt(torch.from_numpy(ground_truth(sequence)))
+    logits = official_logits(model, sequence / "frames", [prompt], NUM_FRAMES)
+    return [(frame[0, 0] > 0).numpy() for frame in logits]
 
 
 def test_cvat_flow_matches_official_predictor_and_survives_restart(

@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import davis_sequence, frame_paths, ground_truth
-from PIL import Image
+from conftest import davis_sequence, frame_paths, ground_truth, track_frames
 
 from tracking.engine import MaskPrompt, Sam2StreamTracker
-from tracking.frames import preprocess_frame
 from tracking.model_loading import ModelSettings, ModelSetupError
 
 
@@ -32,23 +30,11 @@ def test_cuda_defaults_to_compiled_bfloat16_and_cpu_to_exact_float32():
 
 
 def track(tracker: Sam2StreamTracker, paths, mask: np.ndarray) -> list[np.ndarray]:
-    states, masks = None, []
-    for index, path in enumerate(paths):
-        image = Image.open(path).convert("RGB")
-        size = (image.height, image.width)
-        pixels = preprocess_frame(image, tracker.image_size, tracker.device)
-        features = tracker.encode_frame(pixels, size)
-        if index == 0:
-            results = tracker.start(
-                features, [MaskPrompt(torch.from_numpy(mask))], ["mask"], [False]
-            )
-        else:
-            results = tracker.step(features, states)
-        states = [r.state for r in results]
+    masks = []
+    for logits, states in track_frames(tracker, paths, [MaskPrompt(torch.from_numpy(mask))]):
         assert states[0].prompt_memory.dtype == torch.bfloat16
         assert states[0].prompt_obj_ptr.dtype == torch.float32
         assert all(p.dtype == torch.float32 for p in states[0].obj_ptrs.values())
-        logits = tracker.upsample(results[0].low_res_logits[None], size)
         masks.append((logits[0, 0] > 0).numpy())
     return masks
 
