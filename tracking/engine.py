@@ -14,9 +14,10 @@ to ``track_step`` so the computation is the official predictor's, step for step:
 * ``num_frames`` is a large constant: a stream has no known length, and for any
   video of 16 or more frames the official predictor reads the same pointers.
 
-Image features are computed once per frame for all objects; objects whose memory
-has the same layout (same frame index) go through memory attention and the heads
-as one batch.
+Image features are computed once per frame for all objects, and so is the part of
+memory attention that depends only on the frame (``tracking.memory_attention``);
+objects whose memory has the same layout (same frame index) go through memory
+attention and the heads as one batch.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from sam2.sam2_video_predictor import SAM2VideoPredictor
+from sam2.sam2_video_predictor import SAM2VideoPredictor, SAM2VideoPredictorVOS
 from sam2.utils.misc import fill_holes_in_mask_scores
 
 from tracker_state.state import ObjectState
+from tracking.memory_attention import FrameSharedMemoryAttention
 
 # Stands in for the unknown video length (only ``min(num_frames, 16)`` and
 # ``t >= num_frames`` depend on it inside SAM 2).
@@ -112,6 +114,10 @@ class Sam2StreamTracker:
             max_batch = DEFAULT_GPU_BATCH if self.device.type == "cuda" else 1
         self.max_batch = max(1, max_batch)
         self._maskmem_pos_enc: list[torch.Tensor] | None = None
+        # Memory attention's frame-only part once per frame, not once per object.
+        self._memory_attention = FrameSharedMemoryAttention(
+            model.memory_attention, compile_parts=isinstance(model, SAM2VideoPredictorVOS)
+        )
 
     def _autocast(self):
         """bfloat16 autocast as SAM 2's examples run it on GPU; a no-op for float32."""
@@ -223,7 +229,7 @@ class Sam2StreamTracker:
             for start in range(0, len(indices), self.max_batch)
         ]
         results: list[StepResult | None] = [None] * len(states)
-        with self._autocast():
+        with self._autocast(), self._memory_attention.frame(self.model):
             for indices in batches:
                 batch = self._step_batch(features, [states[i] for i in indices])
                 for index, result in zip(indices, batch, strict=True):
