@@ -7,14 +7,17 @@ Ours: HTTP over loopback to the function served in this process (serve.py's serv
 base64 + JPEG decode, SAM 2, Redis state read/write (the machine's Redis, or
 --redis-port), shape encoding. Official: ``SAM2VideoPredictor`` (and on CUDA also its
 ``vos_optimized`` variant) on the same JPEG frames, frames loaded up front as it does
-(load time reported apart, not charged per frame). Seeded random weights: speed does
-not depend on their values. Prints a table, writes JSON and a PNG plot.
+(load time reported apart, not charged per frame). A first pass runs each path alone
+(peak memory, state size, masks); timings come from the later passes, which run the
+paths in lockstep, frame by frame. Seeded random weights: speed does not depend on
+their values. Prints a table, writes JSON and a PNG plot.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import json
 import os
 import platform
@@ -25,6 +28,7 @@ import time
 import urllib.request
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -143,33 +147,32 @@ def object_masks(sequence: str, count: int, size: tuple[int, int]) -> list[np.nd
 
 
 # -- runs --------------------------------------------------------------------------
+#
+# Each path is a generator yielding one FrameSample per tracked frame, timing only
+# its own work. The first pass runs each path alone (peak memory, state bytes, masks
+# for agreement; it also warms both up). Timings come from the later passes, which
+# run the paths in lockstep, frame by frame, taking turns at going first: both see
+# the machine in the same state, so drift on a shared VM cannot favour either.
+
+
+@dataclass
+class FrameSample:
+    seconds: float
+    mask: object  # the first object's mask: CVAT RLE (ours) or bool array (official)
+    overhead_ms: dict | None = None  # ours: time outside the model, by phase
 
 
 @dataclass
 class RunResult:
     path: str  # "ours", "official" or "official-vos"
     objects: int
-    frame_seconds: list[float]  # per tracked frame, pooled over repeats
+    frame_seconds: list[float] = field(default_factory=list)  # lockstep passes, pooled
     load_seconds: float = 0.0
     overhead_samples: list[dict] = field(default_factory=list)  # ours: ms outside the model
     state_bytes_per_object: int = 0
     peak_host_mib: float = 0.0
     peak_gpu_mib: float = 0.0
     masks: list = field(default_factory=list)  # first object's masks, for agreement
-
-    def merged(self, other: RunResult) -> RunResult:
-        """This run and a repeat of it, pooled."""
-        return RunResult(
-            path=self.path,
-            objects=self.objects,
-            frame_seconds=self.frame_seconds + other.frame_seconds,
-            load_seconds=max(self.load_seconds, other.load_seconds),
-            overhead_samples=self.overhead_samples + other.overhead_samples,
-            state_bytes_per_object=max(self.state_bytes_per_object, other.state_bytes_per_object),
-            peak_host_mib=max(self.peak_host_mib, other.peak_host_mib),
-            peak_gpu_mib=max(self.peak_gpu_mib, other.peak_gpu_mib),
-            masks=self.masks,
-        )
 
     def summary(self) -> dict:
         per_frame = spread(self.frame_seconds)
@@ -191,14 +194,15 @@ class RunResult:
         }
 
 
-def serve_while(server, work) -> None:
-    """Run ``work`` (the HTTP client) on a thread while the server answers on this one,
-    as a Nuclio worker runs its handler on its main thread."""
+def serve_while(server, work):
+    """``work()`` (the HTTP client and the official predictor) on a thread while the
+    server answers on this one, as a Nuclio worker runs its handler on its main thread."""
     failure: list[BaseException] = []
+    outcome: list = []
 
     def client() -> None:
         try:
-            work()
+            outcome.append(work())
         except BaseException as error:  # re-raised below, on the main thread
             failure.append(error)
 
@@ -209,98 +213,141 @@ def serve_while(server, work) -> None:
         server.handle_request()
     if failure:
         raise failure[0]
+    return outcome[0]
 
 
-def run_ours(handler, server, redis_client, prefix, paths, masks, device) -> RunResult:
-    frames = [base64.b64encode(p.read_bytes()).decode() for p in paths]
-    shapes = [{"type": "mask", "points": encode_rle(m)} for m in masks]
-    server_url = f"http://127.0.0.1:{server.server_address[1]}/"
+class OursPath:
+    """Our function over HTTP: one POST per frame, states carried as CVAT carries them."""
 
-    def post(body: dict) -> dict:
+    label = "ours"
+
+    def __init__(self, handler, server, redis_client, prefix, paths, masks) -> None:
+        self.handler, self.redis_client, self.prefix = handler, redis_client, prefix
+        self.url = f"http://127.0.0.1:{server.server_address[1]}/"
+        self.frames = [base64.b64encode(p.read_bytes()).decode() for p in paths]
+        self.masks = masks
+        self.shapes = [{"type": "mask", "points": encode_rle(m)} for m in masks]
+        self.final_states: list[dict] = []
+
+    def _post(self, body: dict) -> dict:
         request = urllib.request.Request(
-            server_url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+            self.url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(request, timeout=3600) as response:
             return json.loads(response.read())
 
-    wall, overhead, out_masks, final_states = [], [], [], []
-
-    def track() -> None:
-        answer = post({"image": frames[0], "shapes": shapes, "states": []})
-        states = answer["states"]
-        for image in frames[1:]:
+    def track(self) -> Iterator[FrameSample]:
+        states = self._post({"image": self.frames[0], "shapes": self.shapes, "states": []})[
+            "states"
+        ]
+        for image in self.frames[1:]:
             start = time.perf_counter()
-            answer = post({"image": image, "shapes": [None] * len(states), "states": states})
+            answer = self._post({"image": image, "shapes": [None] * len(states), "states": states})
             elapsed = time.perf_counter() - start
             states = answer["states"]
-            timings = dict(handler.last_timings)
+            timings = dict(self.handler.last_timings)
             model = sum(timings.get(phase, 0.0) for phase in MODEL_PHASES)
-            handler_total = sum(timings.values())
-            wall.append(elapsed)
-            overhead.append(
-                {
-                    "total": (elapsed - model) * 1e3,
-                    "http_json": (elapsed - handler_total) * 1e3,
-                    **{
-                        name: seconds * 1e3
-                        for name, seconds in timings.items()
-                        if name not in MODEL_PHASES
-                    },
-                }
+            overhead = {
+                "total": (elapsed - model) * 1e3,
+                "http_json": (elapsed - sum(timings.values())) * 1e3,
+                **{
+                    name: seconds * 1e3
+                    for name, seconds in timings.items()
+                    if name not in MODEL_PHASES
+                },
+            }
+            yield FrameSample(
+                elapsed, answer["shapes"][0]["points"] if answer["shapes"][0] else None, overhead
             )
-            first = answer["shapes"][0]
-            out_masks.append(first["points"] if first else None)
-        final_states.extend(states)
+        self.final_states = states
 
-    with PeakMemory(device) as memory:
-        serve_while(server, track)
-    token = final_states[0]["sam2"]
-    state_bytes = sum(
-        redis_client.strlen(key) for key in redis_client.scan_iter(match=f"{prefix}{token}:*")
-    )
-    return RunResult(
-        path="ours",
-        objects=len(masks),
-        frame_seconds=wall,
-        overhead_samples=overhead,
-        state_bytes_per_object=state_bytes,
-        peak_host_mib=memory.host_peak / 2**20,
-        peak_gpu_mib=memory.gpu_peak / 2**20,
-        masks=out_masks,
-    )
+    def state_bytes(self) -> int:
+        """Bytes in Redis of the first object's state after the run."""
+        token = self.final_states[0]["sam2"]
+        keys = self.redis_client.scan_iter(match=f"{self.prefix}{token}:*")
+        return sum(self.redis_client.strlen(key) for key in keys)
 
 
-def run_official(model, folder, masks, device, precision, label) -> RunResult:
-    autocast = torch.autocast(
-        device_type=device.type, dtype=precision, enabled=precision != torch.float32
-    )
-    times, out_masks = [], []
-    with PeakMemory(device) as memory, autocast, torch.inference_mode():
-        start = time.perf_counter()
-        state = model.init_state(str(folder))
-        sync(device)
-        load_seconds = time.perf_counter() - start
-        for obj_id, mask in enumerate(masks):
-            model.add_new_mask(state, 0, obj_id, mask)
-        last = time.perf_counter()
-        for index, _, logits in model.propagate_in_video(state):
-            masks_now = (logits[0, 0] > 0).cpu().numpy()
-            sync(device)
-            now = time.perf_counter()
+class OfficialPath:
+    """``SAM2VideoPredictor``: frames loaded up front (timed apart), then propagation."""
+
+    def __init__(self, label, model, folder, masks, device, precision) -> None:
+        self.label, self.model, self.folder, self.masks = label, model, folder, masks
+        self.device = device
+        self.autocast = partial(
+            torch.autocast,
+            device_type=device.type,
+            dtype=precision,
+            enabled=precision != torch.float32,
+        )
+        self.load_seconds = 0.0
+
+    def track(self) -> Iterator[FrameSample]:
+        with self.autocast(), torch.inference_mode():
+            start = time.perf_counter()
+            state = self.model.init_state(str(self.folder))
+            sync(self.device)
+            self.load_seconds = time.perf_counter() - start
+            for obj_id, mask in enumerate(self.masks):
+                self.model.add_new_mask(state, 0, obj_id, mask)
+        frames = self.model.propagate_in_video(state)
+        while True:
+            # Autocast only around our own steps: the other path runs between them.
+            with self.autocast(), torch.inference_mode():
+                start = time.perf_counter()
+                index, _, logits = next(frames, (None, None, None))
+                if index is None:
+                    break
+                mask = (logits[0, 0] > 0).cpu().numpy()
+                sync(self.device)
+                elapsed = time.perf_counter() - start
             if index > 0:  # frame 0 is the prompt frame, answered without tracking
-                times.append(now - last)
-                out_masks.append(masks_now)
-            last = now
-        model.reset_state(state)
-    return RunResult(
-        path=label,
-        objects=len(masks),
-        frame_seconds=times,
-        load_seconds=load_seconds,
-        peak_host_mib=memory.host_peak / 2**20,
-        peak_gpu_mib=memory.gpu_peak / 2**20,
-        masks=out_masks,
-    )
+                yield FrameSample(elapsed, mask)
+        self.model.reset_state(state)
+
+
+def run_alone(path, device) -> tuple[list[FrameSample], PeakMemory]:
+    with PeakMemory(device) as memory:
+        samples = list(path.track())
+    return samples, memory
+
+
+def run_lockstep(paths: list, first: int) -> dict[str, list[FrameSample]]:
+    """All paths frame by frame; at frame k, path (first + k) % n goes first."""
+    generators = [path.track() for path in paths]
+    samples: dict[str, list[FrameSample]] = {path.label: [] for path in paths}
+    for frame in itertools.count():
+        turn = (first + frame) % len(paths)
+        order = list(range(turn, len(paths))) + list(range(turn))
+        step = {i: next(generators[i], None) for i in order}
+        if any(sample is None for sample in step.values()):
+            break
+        for i, sample in step.items():
+            samples[paths[i].label].append(sample)
+    return samples
+
+
+def measure(paths: list, device, repeats: int) -> dict[str, RunResult]:
+    """Pass 1 alone (memory, masks, warm-up); passes 2.. in lockstep (timings). With a
+    single repeat the timings of the alone pass are used."""
+    results = {path.label: RunResult(path.label, len(paths[0].masks)) for path in paths}
+    for path in paths:
+        samples, memory = run_alone(path, device)
+        result = results[path.label]
+        result.peak_host_mib = memory.host_peak / 2**20
+        result.peak_gpu_mib = memory.gpu_peak / 2**20
+        result.masks = [s.mask for s in samples]
+        result.load_seconds = getattr(path, "load_seconds", 0.0)
+        if isinstance(path, OursPath):
+            result.state_bytes_per_object = path.state_bytes()
+        if repeats == 1:
+            result.frame_seconds = [s.seconds for s in samples]
+            result.overhead_samples = [s.overhead_ms for s in samples if s.overhead_ms]
+    for repeat in range(1, repeats):
+        for label, samples in run_lockstep(paths, first=repeat).items():
+            results[label].frame_seconds += [s.seconds for s in samples]
+            results[label].overhead_samples += [s.overhead_ms for s in samples if s.overhead_ms]
+    return results
 
 
 def agreement(ours: RunResult, official: RunResult, size: tuple[int, int]) -> float:
@@ -380,7 +427,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--precision", default=None, help="float32 or bfloat16 (CUDA default)")
     parser.add_argument("--compile", default=None, help="1/0: SAM 2's compiled components")
     parser.add_argument("--image-size", type=int, default=None, help="SAM 2 input (1024)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per path, order alternated")
+    parser.add_argument("--repeats", type=int, default=2, help="passes: 1 alone, then lockstep")
     parser.add_argument("--redis-port", type=int, default=6379)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--object-batch", type=int, default=None, help="objects per pass")
@@ -440,24 +487,14 @@ def main(argv: list[str] | None = None) -> Path:
             size = Image.open(paths[0]).size
             for count in args.objects:
                 masks = object_masks(args.sequence, count, size)
-                runs = {
-                    "ours": partial(
-                        run_ours, handler, server, client, prefix, paths, masks, device
-                    ),
-                    **{
-                        label: partial(run_official, model, folder, masks, device, precision, label)
+                contenders = [
+                    OursPath(handler, server, client, prefix, paths, masks),
+                    *(
+                        OfficialPath(label, model, folder, masks, device, precision)
                         for label, model in officials
-                    },
-                }
-                results: dict[str, RunResult] = {}
-                for repeat in range(args.repeats):
-                    # Alternate the order so neither path always runs first.
-                    order = list(runs) if repeat % 2 == 0 else list(reversed(runs))
-                    for label in order:
-                        result = runs[label]()
-                        results[label] = (
-                            results[label].merged(result) if label in results else result
-                        )
+                    ),
+                ]
+                results = serve_while(server, partial(measure, contenders, device, args.repeats))
                 ours = results["ours"].summary()
                 for label, result in results.items():
                     row = result.summary()
