@@ -81,6 +81,8 @@ def test_sized_for_many_objects_on_4k_frames(name):
     assert spec["platform"]["attributes"]["mountMode"] == "volume"
     limits = spec.get("resources", {}).get("limits", {})
     assert ("nvidia.com/gpu" in limits) == ("gpu" in name)
+    if "gpu" in name:  # compiled warm-up in init_context outlasts Nuclio's 120 s default
+        assert spec["readinessTimeoutSeconds"] >= 900
 
 
 @pytest.mark.parametrize(

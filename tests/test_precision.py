@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import davis_sequence, frame_paths, ground_truth, track_frames
+from torch._dynamo.utils import counters
 
-from tracking.engine import MaskPrompt, Sam2StreamTracker
-from tracking.model_loading import ModelSettings, ModelSetupError
+from tracking.engine import BoxPrompt, MaskPrompt, Sam2StreamTracker, split_into_passes
+from tracking.model_loading import ModelSettings, ModelSetupError, load_sam2
 
 
 def test_cuda_defaults_to_compiled_bfloat16_and_cpu_to_exact_float32():
@@ -50,3 +51,42 @@ def test_bfloat16_autocast_stays_close_to_float32(small_model):
     for index, (a, b) in enumerate(zip(exact, fast, strict=True)):
         iou = (a & b).sum() / (a | b).sum()
         assert iou >= 0.98, f"frame {index}: bfloat16 IoU {iou:.4f}"
+
+
+@pytest.mark.parametrize(
+    ("count", "max_batch", "powers_of_two", "sizes"),
+    [
+        (1, 1, False, [1]),
+        (10, 4, False, [4, 4, 2]),
+        (10, 32, False, [10]),
+        (11, 8, True, [8, 2, 1]),
+        (40, 32, True, [32, 8]),
+        (7, 32, True, [4, 2, 1]),
+    ],
+)
+def test_objects_split_into_passes(count, max_batch, powers_of_two, sizes):
+    assert split_into_passes(count, max_batch, powers_of_two) == sizes
+
+
+def test_compiled_tracker_compiles_everything_in_warm_up(present_checkpoint):
+    """SAM 2's vos_optimized compilation (the CUDA default), run on CPU: after warm_up,
+    tracking masks and boxes with any object count compiles nothing new."""
+    settings = ModelSettings(
+        checkpoint=str(present_checkpoint),
+        device="cpu",
+        compile=True,
+        hydra_overrides=("++model.image_size=256",),
+    )
+    tracker = Sam2StreamTracker(load_sam2(settings, {}), "m", max_batch=4)
+    graphs = counters["stats"]
+    before = graphs["unique_graphs"]
+    tracker.warm_up((240, 320), frames=3)
+    warmed = graphs["unique_graphs"]
+    assert warmed > before
+    sequence = davis_sequence("car-shadow")
+    gt = torch.from_numpy(ground_truth(sequence))
+    prompts = [MaskPrompt(gt), BoxPrompt((300.0, 150.0, 500.0, 350.0)), MaskPrompt(~gt)]
+    for count in (3, 1):  # passes of 2 + 1, then 1
+        masks = list(track_frames(tracker, frame_paths(sequence)[:4], prompts[:count]))
+        assert len(masks) == 4
+    assert graphs["unique_graphs"] == warmed

@@ -39,6 +39,19 @@ STREAM_LENGTH = 1 << 30
 DEFAULT_GPU_BATCH = 32
 
 
+def split_into_passes(count: int, max_batch: int, powers_of_two: bool) -> list[int]:
+    """Pass sizes for ``count`` objects: ``max_batch`` at a time (10, max 4 -> 4, 4, 2),
+    or powers of two up to ``max_batch`` (11, max 8 -> 8, 2, 1)."""
+    if not powers_of_two:
+        full, rest = divmod(count, max_batch)
+        return [max_batch] * full + ([rest] if rest else [])
+    sizes = []
+    while count:
+        sizes.append(min(max_batch, 1 << (count.bit_length() - 1)))
+        count -= sizes[-1]
+    return sizes
+
+
 @dataclass(frozen=True)
 class MaskPrompt:
     """A binary mask on the prompt frame: (H, W) bool at the frame's size."""
@@ -112,11 +125,19 @@ class Sam2StreamTracker:
         # and one at a time is also bit-identical to the official predictor.
         if max_batch is None:
             max_batch = DEFAULT_GPU_BATCH if self.device.type == "cuda" else 1
-        self.max_batch = max(1, max_batch)
+        max_batch = max(1, max_batch)
+        # SAM 2's vos_optimized mode compiles the heads and the memory encoder for fixed
+        # shapes: each new batch size is a new compilation (minutes with max-autotune)
+        # and past torch's recompile limit runs eagerly. Compiled, passes therefore
+        # take power-of-two sizes, all of which ``warm_up`` builds.
+        self.compiled = isinstance(model, SAM2VideoPredictorVOS)
+        if self.compiled:
+            max_batch = 1 << (max_batch.bit_length() - 1)
+        self.max_batch = max_batch
         self._maskmem_pos_enc: list[torch.Tensor] | None = None
         # Memory attention's frame-only part once per frame, not once per object.
         self._memory_attention = FrameSharedMemoryAttention(
-            model.memory_attention, compile_parts=isinstance(model, SAM2VideoPredictorVOS)
+            model.memory_attention, compile_parts=self.compiled
         )
 
     def _autocast(self):
@@ -223,11 +244,12 @@ class Sam2StreamTracker:
         layouts: dict[tuple, list[int]] = defaultdict(list)
         for index, state in enumerate(states):
             layouts[state.memory_signature()].append(index)
-        batches = [
-            indices[start : start + self.max_batch]
-            for indices in layouts.values()
-            for start in range(0, len(indices), self.max_batch)
-        ]
+        batches = []
+        for indices in layouts.values():
+            start = 0
+            for size in self.pass_sizes(len(indices)):
+                batches.append(indices[start : start + size])
+                start += size
         results: list[StepResult | None] = [None] * len(states)
         with self._autocast(), self._memory_attention.frame(self.model):
             for indices in batches:
@@ -235,6 +257,10 @@ class Sam2StreamTracker:
                 for index, result in zip(indices, batch, strict=True):
                     results[index] = result
         return results  # type: ignore[return-value]
+
+    def pass_sizes(self, count: int) -> list[int]:
+        """Objects per forward pass for ``count`` objects with the same memory layout."""
+        return split_into_passes(count, self.max_batch, powers_of_two=self.compiled)
 
     def _maskmem_pos(self, batch_size: int) -> list[torch.Tensor]:
         """Memory positional encoding: the same for every frame and object, so computed
@@ -297,15 +323,28 @@ class Sam2StreamTracker:
         ]
 
     def warm_up(self, frame_size: tuple[int, int] = (1080, 1920), frames: int = 8) -> None:
-        """Run a synthetic track so compiled kernels are built before the first call
-        (memory attention sees every memory count up to a full bank)."""
+        """Run synthetic tracks so compiled kernels are built before the first call: both
+        prompt kinds (mask and box), every pass size, and memory attention over every
+        memory count up to a full bank."""
         pixels = torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
+        # Twice: SAM 2's position encodings are cached on the first call, and the
+        # compiled image encoder is specialised on that cache.
+        self.encode_frame(pixels, frame_size)
         features = self.encode_frame(pixels, frame_size)
         height, width = frame_size
-        box = BoxPrompt((width * 0.25, height * 0.25, width * 0.75, height * 0.75))
-        states = [r.state for r in self.start(features, [box], ["rectangle"], [False])]
-        for _ in range(frames):
-            states = [r.state for r in self.step(features, states)]
+        mask = torch.zeros(frame_size, dtype=torch.bool)
+        mask[height // 4 : height * 3 // 4, width // 4 : width * 3 // 4] = True
+        prompts = [
+            MaskPrompt(mask),
+            BoxPrompt((width * 0.25, height * 0.25, width * 0.75, height * 0.75)),
+        ]
+        self.start(features, prompts, ["mask", "rectangle"], [False, False])
+        sizes = {size for count in range(1, self.max_batch + 1) for size in self.pass_sizes(count)}
+        for size in sorted(sizes):
+            results = self.start(features, prompts[:1] * size, ["mask"] * size, [False] * size)
+            states = [result.state for result in results]
+            for _ in range(frames):
+                states = [result.state for result in self.step(features, states)]
 
     def _track_step(
         self,

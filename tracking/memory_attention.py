@@ -40,6 +40,7 @@ class FrameSharedMemoryAttention(nn.Module):
         if not (attention.batch_first and attention.pos_enc_at_input):
             raise ValueError("expected SAM 2.x memory attention (batch first, pos at input)")
         self.attention = attention
+        self.compiled = compile_parts
         self._frame_part = self.frame_part
         self._object_part = self.object_part
         if compile_parts:
@@ -135,9 +136,35 @@ class FrameSharedMemoryAttention(nn.Module):
             )
         key = (frame_tokens.data_ptr(), frame_pos.data_ptr(), tuple(frame_tokens.shape[::2]))
         if key != self._cache_key:
-            self._cached = self._frame_part(frame_tokens[:, :1], frame_pos[:, :1])
+            frame_tokens, frame_pos = frame_tokens[:, :1], frame_pos[:, :1]
+            if self.compiled:
+                # One memory layout, one compiled graph (strides differ between calls).
+                frame_tokens, frame_pos = frame_tokens.contiguous(), frame_pos.contiguous()
+            shared = self._frame_part(frame_tokens, frame_pos)
+            if self.compiled:
+                # Kept across other compiled calls, whose CUDA graph replays may reuse a
+                # compiled output's memory (SAM 2 clones compiled outputs likewise).
+                shared = tuple(tensor.clone() for tensor in shared)
+            self._cached = shared
             self._cache_key = key
         tgt, query_pos = self._cached
+        if self.compiled and batch_size > 1:
+            # Compiled with dynamic shapes, batches of several objects over several
+            # memories fail inductor's stride checks (torch 2.13; SAM 2's own compiled
+            # memory attention fails alike), so compiled, objects go one at a time here.
+            return torch.cat(
+                [
+                    self._object_part(
+                        tgt,
+                        query_pos,
+                        memory[:, i : i + 1].contiguous(),
+                        memory_pos[:, i : i + 1].contiguous(),
+                        num_obj_ptr_tokens,
+                    )
+                    for i in range(batch_size)
+                ],
+                dim=1,
+            )
         return self._object_part(
             tgt.expand(batch_size, -1, -1),
             query_pos.expand(batch_size, -1, -1),
