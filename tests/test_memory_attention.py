@@ -38,18 +38,25 @@ def attention_inputs(batch_size: int, memories: int = 3, shared_frame: bool = Tr
     }
 
 
+def in_frame(shared: FrameSharedMemoryAttention, model, inputs: dict) -> torch.Tensor:
+    """``shared`` called as the engine calls it: inside ``frame()`` of column 0's frame."""
+    (curr,), (curr_pos,) = inputs["curr"], inputs["curr_pos"]
+    with shared.frame(model, curr[:, :1], curr_pos[:, :1]):
+        return shared(**inputs)
+
+
 @torch.inference_mode()
 def test_one_object_is_bit_identical_and_batches_agree(small_model):
     original = small_model.memory_attention
     shared = FrameSharedMemoryAttention(original)
     single = attention_inputs(1)
-    assert torch.equal(shared(**single), original(**single))
+    assert torch.equal(in_frame(shared, small_model, single), original(**single))
     batch = attention_inputs(3)
     expected = original(**batch)
-    assert (shared(**batch) - expected).abs().max() <= 1e-5
+    assert (in_frame(shared, small_model, batch) - expected).abs().max() <= 1e-5
     # Different frames per column (not SAM 2's call pattern): plain SAM 2, exactly.
     mixed = attention_inputs(2, shared_frame=False)
-    assert torch.equal(shared(**mixed), original(**mixed))
+    assert torch.equal(in_frame(shared, small_model, mixed), original(**mixed))
 
 
 @torch.inference_mode()
@@ -79,10 +86,12 @@ def test_frame_part_runs_once_per_frame_whatever_the_object_count(small_model):
     assert calls == {"layer 0": 2, "layer 1": 6}
     # Outside a frame the model is SAM 2's own again and nothing is cached.
     assert small_model.memory_attention is tracker._memory_attention.attention
-    assert tracker._memory_attention._cached is None
+    assert tracker._memory_attention._shared is None
     with (
         pytest.raises(ValueError, match="another model"),
-        tracker._memory_attention.frame(SimpleNamespace(memory_attention=torch.nn.Identity())),
+        tracker._memory_attention.frame(
+            SimpleNamespace(memory_attention=torch.nn.Identity()), None, None
+        ),
     ):
         pass
 
@@ -94,4 +103,4 @@ def test_compiled_parts_match_eager(small_model):
     original = small_model.memory_attention
     compiled = FrameSharedMemoryAttention(original, compile_parts=True)
     inputs = attention_inputs(3, memories=2)
-    assert (compiled(**inputs) - original(**inputs)).abs().max() <= 1e-5
+    assert (in_frame(compiled, small_model, inputs) - original(**inputs)).abs().max() <= 1e-5

@@ -251,7 +251,11 @@ class Sam2StreamTracker:
                 batches.append(indices[start : start + size])
                 start += size
         results: list[StepResult | None] = [None] * len(states)
-        with self._autocast(), self._memory_attention.frame(self.model):
+        vision_feats, vision_pos_embeds, _ = features.expanded(self.model, 1)
+        with (
+            self._autocast(),
+            self._memory_attention.frame(self.model, vision_feats[-1], vision_pos_embeds[-1]),
+        ):
             for indices in batches:
                 batch = self._step_batch(features, [states[i] for i in indices])
                 for index, result in zip(indices, batch, strict=True):

@@ -10,8 +10,8 @@ SAM 2's order. With one object per pass the logits are bit-identical to the offi
 predictor's; each further object of a frame saves one self-attention over HW tokens
 (about 3% of an object's memory attention at 1024 input).
 
-The shared part is cached only inside ``frame()``, keyed by the storage of the frame's
-features, and dropped when the frame ends, so no stale tensor is ever reused.
+``frame()`` computes the shared part from the frame's features and drops it when the
+frame ends, so no stale tensor is ever reused.
 """
 
 from __future__ import annotations
@@ -52,22 +52,33 @@ class FrameSharedMemoryAttention(nn.Module):
             self._object_part = torch.compile(
                 self.object_part, mode="max-autotune", fullgraph=True, dynamic=True
             )
-        self._cache_key: tuple | None = None
-        self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
+        # The frame part of the frame being tracked, both (1, HW, C); None outside frame().
+        self._shared: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @contextmanager
-    def frame(self, model: nn.Module) -> Iterator[None]:
-        """Stand in for ``model.memory_attention`` for the calls of one frame."""
+    def frame(
+        self, model: nn.Module, frame_tokens: torch.Tensor, frame_pos: torch.Tensor
+    ) -> Iterator[None]:
+        """Stand in for ``model.memory_attention`` for the calls of one frame, whose
+        tokens and position encoding are (HW, 1, C); its frame part is computed here."""
         original = model.memory_attention
         if original is not self.attention:
             raise ValueError("this memory attention belongs to another model")
+        if self.compiled:
+            # One memory layout, one compiled graph (strides differ between frames).
+            frame_tokens, frame_pos = frame_tokens.contiguous(), frame_pos.contiguous()
+        shared = self._frame_part(frame_tokens, frame_pos)
+        if self.compiled:
+            # Kept across other compiled calls, whose CUDA graph replays may reuse a
+            # compiled output's memory (SAM 2 clones compiled outputs likewise).
+            shared = tuple(tensor.clone() for tensor in shared)
+        self._shared = shared
         model.memory_attention = self
         try:
             yield
         finally:
             model.memory_attention = original
-            self._cache_key = None
-            self._cached = None
+            self._shared = None
 
     def frame_part(
         self, curr: torch.Tensor, curr_pos: torch.Tensor
@@ -121,8 +132,8 @@ class FrameSharedMemoryAttention(nn.Module):
         num_obj_ptr_tokens: int = 0,
     ) -> torch.Tensor:
         """``MemoryAttention.forward`` as SAM 2's ``_prepare_memory_conditioned_features``
-        calls it: curr and curr_pos are one-element lists of (HW, B, C), every column of
-        the batch the same frame (expanded views of one frame's features)."""
+        calls it inside ``frame()``: curr and curr_pos are one-element lists of (HW, B, C),
+        every column of the batch that frame (expanded views of its features)."""
         (frame_tokens,), (frame_pos,) = curr, curr_pos
         batch_size = frame_tokens.shape[1]
         if batch_size > 1 and (frame_tokens.stride(1) != 0 or frame_pos.stride(1) != 0):
@@ -134,20 +145,7 @@ class FrameSharedMemoryAttention(nn.Module):
                 memory_pos=memory_pos,
                 num_obj_ptr_tokens=num_obj_ptr_tokens,
             )
-        key = (frame_tokens.data_ptr(), frame_pos.data_ptr(), tuple(frame_tokens.shape[::2]))
-        if key != self._cache_key:
-            frame_tokens, frame_pos = frame_tokens[:, :1], frame_pos[:, :1]
-            if self.compiled:
-                # One memory layout, one compiled graph (strides differ between calls).
-                frame_tokens, frame_pos = frame_tokens.contiguous(), frame_pos.contiguous()
-            shared = self._frame_part(frame_tokens, frame_pos)
-            if self.compiled:
-                # Kept across other compiled calls, whose CUDA graph replays may reuse a
-                # compiled output's memory (SAM 2 clones compiled outputs likewise).
-                shared = tuple(tensor.clone() for tensor in shared)
-            self._cached = shared
-            self._cache_key = key
-        tgt, query_pos = self._cached
+        tgt, query_pos = self._shared
         if self.compiled and batch_size > 1:
             # Compiled with dynamic shapes, batches of several objects over several
             # memories fail inductor's stride checks (torch 2.13; SAM 2's own compiled
