@@ -94,5 +94,10 @@ def lookup_on_device(resized: np.ndarray, device: torch.device) -> torch.Tensor:
     to an accelerator and normalises there. (S, S, 3) uint8 -> (1, 3, S, S) float32."""
     levels = torch.tensor(resized, device=device).permute(2, 0, 1).long()
     channels = torch.arange(3, device=device)[:, None, None]
-    table = torch.from_numpy(_normalisation_table()).to(device)
-    return table[channels, levels].unsqueeze(0)
+    return _device_table(device)[channels, levels].unsqueeze(0)
+
+
+@functools.cache
+def _device_table(device: torch.device) -> torch.Tensor:
+    """The normalisation table on ``device``, copied there once, not every frame."""
+    return torch.from_numpy(_normalisation_table()).to(device)
