@@ -31,7 +31,7 @@ from tracking.frames import (
     decode_frame,
     preprocess_frame,
 )
-from tracking.model_loading import ModelSettings, load_sam2
+from tracking.model_loading import ModelSettings, build_tracker, load_sam2
 from tracking.protocol import (
     DEFAULT_MAX_OBJECTS,
     ContinuedObject,
@@ -83,22 +83,14 @@ class ModelHandler:
         env = dict(os.environ if env is None else env)
         settings = ModelSettings.from_env(env)
         model = load_sam2(settings, env)
-        tracker = Sam2StreamTracker(
-            model,
-            settings.model_id(model.image_size),
-            settings.resolved_precision(),
-            max_batch=settings.object_batch,
-        )
-        if settings.resolved_compile():
-            log.info("warming up compiled SAM 2 (the first time takes minutes)")
-            tracker.warm_up()
+        tracker = build_tracker(model, settings)
         store, description = store_from_env(env, tracker.memory_capacity)
         log.info(
             "model %s on %s (%s%s); %s",
             tracker.model_id,
             tracker.device,
             str(tracker.precision).removeprefix("torch."),
-            ", compiled" if settings.resolved_compile() else "",
+            ", compiled" if tracker.compiled else "",
             description,
         )
         return cls(tracker, store, HandlerLimits.from_env(env))

@@ -41,8 +41,7 @@ from PIL import Image
 import serve
 from model_handler import ModelHandler
 from tracker_state import CachedStateStore, RedisStateStore
-from tracking.engine import Sam2StreamTracker
-from tracking.model_loading import DEFAULT_MODEL_CFG, ModelSettings, load_sam2
+from tracking.model_loading import DEFAULT_MODEL_CFG, ModelSettings, build_tracker, load_sam2
 from tracking.random_weights import make_random_checkpoint
 from tracking.shapes import decode_rle, encode_rle
 
@@ -457,11 +456,7 @@ def main(argv: list[str] | None = None) -> Path:
     # Eager model shared by our path and the official predictor; compiled ones apart.
     eager = load_sam2(ModelSettings(**{**asdict(settings), "compile": False}), {})
     ours_model = load_sam2(settings, {}) if settings.resolved_compile() else eager
-    tracker = Sam2StreamTracker(
-        ours_model, settings.model_id(ours_model.image_size), precision, settings.object_batch
-    )
-    if settings.resolved_compile():
-        tracker.warm_up()
+    tracker = build_tracker(ours_model, settings)
     client = redis.Redis(port=args.redis_port)
     prefix = f"sam2bench:{uuid.uuid4().hex}:"
     store = CachedStateStore(RedisStateStore(client, tracker.memory_capacity, key_prefix=prefix))
@@ -523,7 +518,7 @@ def main(argv: list[str] | None = None) -> Path:
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "precision": str(precision),
-        "compiled": settings.resolved_compile(),
+        "compiled": tracker.compiled,
         "config": args.config,
         "frames": args.frames,
         "sequence": args.sequence,

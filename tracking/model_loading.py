@@ -15,6 +15,8 @@ import torch
 from sam2.build_sam import build_sam2_video_predictor
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
+from tracking.engine import Sam2StreamTracker
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_CFG = "configs/sam2.1/sam2.1_hiera_t.yaml"
@@ -147,3 +149,18 @@ def load_sam2(settings: ModelSettings, env: dict[str, str]) -> SAM2VideoPredicto
         # mask decoder and image encoder under torch.compile.
         vos_optimized=settings.resolved_compile(),
     )
+
+
+def build_tracker(model: SAM2VideoPredictor, settings: ModelSettings) -> Sam2StreamTracker:
+    """The tracker over ``model`` with the settings' precision and objects per pass; a
+    compiled model is warmed up here, so no call waits for a compilation."""
+    tracker = Sam2StreamTracker(
+        model,
+        settings.model_id(model.image_size),
+        settings.resolved_precision(),
+        max_batch=settings.object_batch,
+    )
+    if tracker.compiled:
+        log.info("warming up compiled SAM 2 (the first time takes minutes)")
+        tracker.warm_up()
+    return tracker
