@@ -219,6 +219,7 @@ class OursPath:
     """Our function over HTTP: one POST per frame, states carried as CVAT carries them."""
 
     label = "ours"
+    load_seconds = 0.0  # frames arrive with the calls
 
     def __init__(self, handler, server, redis_client, prefix, paths, masks) -> None:
         self.handler, self.redis_client, self.prefix = handler, redis_client, prefix
@@ -304,6 +305,9 @@ class OfficialPath:
                 yield FrameSample(elapsed, mask)
         self.model.reset_state(state)
 
+    def state_bytes(self) -> int:
+        return 0  # nothing outlives the process
+
 
 def run_alone(path, device) -> tuple[list[FrameSample], PeakMemory]:
     with PeakMemory(device) as memory:
@@ -316,8 +320,7 @@ def run_lockstep(paths: list, first: int) -> dict[str, list[FrameSample]]:
     generators = [path.track() for path in paths]
     samples: dict[str, list[FrameSample]] = {path.label: [] for path in paths}
     for frame in itertools.count():
-        turn = (first + frame) % len(paths)
-        order = list(range(turn, len(paths))) + list(range(turn))
+        order = [(first + frame + k) % len(paths) for k in range(len(paths))]
         step = {i: next(generators[i], None) for i in order}
         if any(sample is None for sample in step.values()):
             break
@@ -336,9 +339,8 @@ def measure(paths: list, device, repeats: int) -> dict[str, RunResult]:
         result.peak_host_mib = memory.host_peak / 2**20
         result.peak_gpu_mib = memory.gpu_peak / 2**20
         result.masks = [s.mask for s in samples]
-        result.load_seconds = getattr(path, "load_seconds", 0.0)
-        if isinstance(path, OursPath):
-            result.state_bytes_per_object = path.state_bytes()
+        result.load_seconds = path.load_seconds
+        result.state_bytes_per_object = path.state_bytes()
         if repeats == 1:
             result.frame_seconds = [s.seconds for s in samples]
             result.overhead_samples = [s.overhead_ms for s in samples if s.overhead_ms]
