@@ -6,6 +6,8 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 SAM2_VERSION ?= 1.1.0
 STAMP := $(VENV)/.installed
+# Bytecode caches go under .cache/, not into the function folder (Nuclio's build context).
+export PYTHONPYCACHEPREFIX := $(CURDIR)/.cache/pycache
 
 .PHONY: install serve test lint bench clean
 
@@ -14,13 +16,14 @@ install: $(STAMP)
 # torch first (a local CPU wheel where one is offered), then everything else
 # constrained to that torch, then sam2 built against it without an isolated
 # build env (which would download a CUDA torch) and without its torchvision.
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt Makefile
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 	$(PIP) install --quiet torch==$(TORCH_VERSION)
 	$(PIP) install --quiet -c constraints.txt -r requirements.txt -r requirements-dev.txt
 	SAM2_BUILD_CUDA=$${SAM2_BUILD_CUDA:-0} $(PIP) install --quiet --no-build-isolation --no-deps \
 		-c constraints.txt sam2==$(SAM2_VERSION)
+	$(PIP) install --quiet --no-build-isolation --no-deps -e .
 	$(PY) -c "import torch, sam2, redis, safetensors, cv2, nuclio_sdk; print('torch', torch.__version__)"
 	touch $(STAMP)
 

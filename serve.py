@@ -14,9 +14,8 @@ import logging
 import os
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-import nuclio_sdk
-
 import main
+import nuclio_sdk
 from tracking.model_loading import ModelSetupError
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024  # as function.yaml's maxRequestBodySize

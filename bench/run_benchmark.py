@@ -36,14 +36,14 @@ from pathlib import Path
 import numpy as np
 import redis
 import torch
-from PIL import Image
-
-import serve
 from model_handler import ModelHandler
+from PIL import Image
 from tracker_state import CachedStateStore, RedisStateStore
 from tracking.model_loading import DEFAULT_MODEL_CFG, ModelSettings, build_tracker, load_sam2
 from tracking.random_weights import make_random_checkpoint
 from tracking.shapes import decode_rle, encode_rle
+
+import serve
 
 REPO = Path(__file__).resolve().parents[1]
 DAVIS = REPO.parent / "shared" / "davis2016"
@@ -245,7 +245,7 @@ class OursPath:
             answer = self._post({"image": image, "shapes": [None] * len(states), "states": states})
             elapsed = time.perf_counter() - start
             states = answer["states"]
-            timings = dict(self.handler.last_timings)
+            timings = dict(self.handler.last_call.seconds)
             model = sum(timings.get(phase, 0.0) for phase in MODEL_PHASES)
             overhead = {
                 "total": (elapsed - model) * 1e3,

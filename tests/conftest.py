@@ -185,7 +185,8 @@ class FunctionServer:
             "SAM2_DEVICE": "cpu",
             **(extra_env or {}),
         }
-        self.env.pop("CVAT_FUNCTIONS_REDIS_HOST", None)
+        for variable in ("CVAT_FUNCTIONS_REDIS_HOST", "CVAT_REDIS_HOST"):
+            self.env.pop(variable, None)
         if image_size != 1024:
             self.env["SAM2_HYDRA_OVERRIDES"] = f"++model.image_size={image_size}"
         if redis_port is not None:

@@ -7,10 +7,9 @@ import re
 import subprocess
 from pathlib import Path
 
+import main
 import pytest
 import yaml
-
-import main
 from tracker_state.state import SHAPE_TYPES
 
 REPO = Path(__file__).resolve().parents[1]

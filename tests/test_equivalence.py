@@ -19,7 +19,6 @@ from conftest import (
     official_logits,
     track_frames,
 )
-
 from tracker_state import InMemoryStateStore
 from tracking.engine import BoxPrompt, MaskPrompt, Sam2StreamTracker
 

@@ -10,7 +10,6 @@ import torch
 from conftest import davis_sequence, frame_folder, png_claiming_size
 from PIL import Image
 from sam2.utils.misc import load_video_frames_from_jpg_images
-
 from tracking.frames import (
     FrameError,
     FrameTooLarge,

@@ -22,7 +22,6 @@ from conftest import (
 )
 from cvat_sdk.masks import decode_mask, encode_mask
 from PIL import Image
-
 from tracker_state.stores import new_token
 from tracking.engine import BoxPrompt
 from tracking.shapes import mask_to_box, rasterize_polygon

@@ -15,7 +15,6 @@ import pytest
 import torch
 from conftest import build_model, davis_sequence, frame_paths, ground_truth, official_logits
 from cvat_sdk.masks import decode_mask, encode_mask
-
 from tracking.engine import MaskPrompt
 
 NUM_FRAMES = 13  # frames 0..12

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import SMALL_IMAGE_SIZE
-
 from tracking.engine import BoxPrompt, Sam2StreamTracker
 from tracking.memory_attention import FrameSharedMemoryAttention
 

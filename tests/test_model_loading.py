@@ -8,7 +8,6 @@ from http.server import HTTPServer, SimpleHTTPRequestHandler
 
 import pytest
 from conftest import free_port
-
 from tracking.model_loading import (
     ModelSettings,
     ModelSetupError,

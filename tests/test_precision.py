@@ -7,7 +7,6 @@ import pytest
 import torch
 from conftest import davis_sequence, frame_paths, ground_truth, track_frames
 from torch._dynamo.utils import counters
-
 from tracking.engine import BoxPrompt, MaskPrompt, Sam2StreamTracker, split_into_passes
 from tracking.model_loading import ModelSettings, ModelSetupError, load_sam2
 

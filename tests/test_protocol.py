@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from tracker_state.stores import new_token
 from tracking.protocol import ContinuedObject, NewObject, RequestError, parse_request
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cvat_sdk.masks import decode_mask, encode_mask
-
 from tracking.shapes import (
     ShapeError,
     decode_rle,

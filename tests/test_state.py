@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 import torch
-
 from tracker_state import ObjectState, StateFormatError, decode_state, encode_state
-from tracker_state.serialization import HEAD, PROMPT, changed_parts, memory_part
+from tracker_state.serialization import (
+    ANSWER,
+    HEAD,
+    PROMPT,
+    Answer,
+    changed_parts,
+    decode_answer,
+    encode_answer,
+    memory_part,
+)
 
 MEMORY_SHAPE = (64, 32, 32)
 
@@ -51,6 +62,7 @@ def assert_same_state(a: ObjectState, b: ObjectState) -> None:
         assert torch.equal(a.memories[t], b.memories[t])
     for t in a.obj_ptrs:
         assert torch.equal(a.obj_ptrs[t], b.obj_ptrs[t])
+    assert a.last_box == b.last_box
 
 
 @pytest.mark.parametrize("frames", [0, 1, 5, 6, 7, 15, 16, 40])
@@ -84,6 +96,42 @@ def test_changed_parts_applied_to_the_previous_parts_give_the_new_state():
     assert set(changes) == {HEAD, memory_part(9 % 6)}
     parts.update(changes)
     assert_same_state(decode_state(parts), nxt)
+    answer = Answer(9, "ab" * 32, {"type": "rectangle", "points": [0.5, 1.0, 30.0, 2e-7]})
+    assert set(changed_parts(nxt, answer)) == {HEAD, memory_part(9 % 6), ANSWER}
+
+
+def test_last_box_round_trips_and_follows_the_state():
+    box = (12.0, 7.5, 300.0, 200.25)
+    state = replace(random_state(2, "rectangle"), last_box=box)
+    assert decode_state(encode_state(state)).last_box == box
+    assert (
+        state.advanced(torch.zeros(MEMORY_SHAPE, dtype=torch.bfloat16), torch.zeros(256)).last_box
+        == box
+    )
+    assert decode_state(encode_state(random_state(2))).last_box is None
+
+
+def test_format_1_heads_are_still_read():
+    """States written before ``last_box`` existed (format 1) stay usable after an upgrade."""
+    parts = encode_state(random_state(4, "rectangle"))
+    head = parts[HEAD]
+    length = int.from_bytes(head[:8], "little")
+    header = head[8 : 8 + length].replace(b'"format_version":"2"', b'"format_version":"1"')
+    assert len(header) == length
+    old = {**parts, HEAD: head[:8] + header + head[8 + length :]}
+    assert_same_state(decode_state(old), random_state(4, "rectangle"))
+
+
+def test_answers_round_trip_exactly_and_refuse_anything_else():
+    shape = {"type": "polygon", "points": [0.1, 0.2, 1 / 3, 1e300, 5.0, 6.5]}
+    answer = Answer(12, "cd" * 32, shape)
+    decoded = decode_answer(encode_answer(answer))
+    assert decoded == answer
+    # The replayed JSON is byte-identical to the first answer's.
+    assert json.dumps(decoded.shape) == json.dumps(shape)
+    assert decode_answer(None) is None
+    for junk in (b"\x80\x04\x95pickle", b"[1, 2]", b'{"frame_index": "3"}', b"\xff"):
+        assert decode_answer(junk) is None
 
 
 def test_stored_size_stops_growing_once_windows_are_full():

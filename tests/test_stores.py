@@ -9,11 +9,12 @@ import uuid
 import pytest
 import torch
 from test_state import MEMORY_SHAPE, assert_same_state, random_state
-
 from tracker_state import (
+    Answer,
     CachedStateStore,
     InMemoryStateStore,
     RedisStateStore,
+    Replay,
     StateConflict,
     StateNotFound,
     StateRef,
@@ -125,9 +126,9 @@ def test_states_expire_and_ttl_is_refreshed_on_use(shared_redis):
     for key in keys:
         assert 90 <= shared_redis.ttl(key) <= 100
         shared_redis.expire(key, 5)
-    store.commit([ref], [advance(state)])
+    store.commit([ref], [advance(state)], [Answer(3, "digest", None)])
     keys = list(shared_redis.scan_iter(match=f"{prefix}*"))
-    assert len(keys) == 5
+    assert len(keys) == 6  # and the third memory and the answer
     assert all(90 <= shared_redis.ttl(key) <= 100 for key in keys)
     shared_redis.delete(*keys)
 
@@ -178,11 +179,14 @@ def test_redis_bytes_stop_growing(own_redis):
     sizes = {}
     for _ in range(16):
         nxt = advance(state)
-        [ref] = store.commit([ref], [nxt])
+        # The stored answer of a rectangle: the same size on every frame.
+        answer = Answer(nxt.frame_index, "f" * 64, {"type": "rectangle", "points": [1.5] * 4})
+        [ref] = store.commit([ref], [nxt], [answer])
         state = nxt
         sizes[state.frame_index] = stored_bytes()
-    assert sizes[8] == sizes[12] == sizes[16]
-    assert sizes[8][1] == 8  # head, prompt and six memories
+    # From frame 10 on (frame numbers in the answer take two digits) nothing grows.
+    assert sizes[10] == sizes[12] == sizes[16]
+    assert sizes[10][1] == 9  # head, prompt, six memories and the last answer
 
 
 def test_worker_caches_share_redis_as_the_truth(shared_redis):
@@ -202,13 +206,64 @@ def test_worker_caches_share_redis_as_the_truth(shared_redis):
     assert (worker_a.hits, worker_a.misses, worker_b.hits, worker_b.misses) == (1, 2, 0, 3)
 
     # Worker A still caches frame 6; B advances to 7; a stale call reaching A is refused
-    # at commit even though A's cache answered the load.
+    # when it loads (A's cache is checked against Redis), before any model work ...
     worker_a.load([ref])
     [newer] = worker_b.commit([ref], [advance(worker_b.load([ref])[0])])
-    stale = worker_a.load([ref])
     with pytest.raises(StateConflict):
-        worker_a.commit([ref], [advance(stale[0])])
+        worker_a.load([ref])
+    # ... and a commit racing past a load is still refused by the compare-and-set.
+    with pytest.raises(StateConflict):
+        worker_b.commit([ref], [advance(state)])
     assert worker_a.load([newer])[0].frame_index == 7
     assert worker_a.hits >= 1
     keys = list(shared_redis.scan_iter(match=f"{prefix}*"))
     shared_redis.delete(*keys)
+
+
+def test_a_replayed_call_gets_its_answer_and_nothing_else_does(store):
+    """The call that advanced a state, repeated with the same frame, gets its answer back;
+    another frame, a state two frames on, or a caller without a frame digest get 409."""
+    state = random_state(3)
+    [ref] = store.create([state])
+    shape = {"type": "mask", "points": [0, 4, 10, 20, 11, 21]}
+    [newer] = store.commit([ref], [advance(state)], [Answer(4, "frame-a", shape)])
+    [replay] = store.load([ref], "frame-a")
+    assert replay == Replay(newer, shape)
+    assert store.load([ref], "frame-a") == [replay]  # as often as it is asked
+    for digest in ("frame-b", None):
+        with pytest.raises(StateConflict):
+            store.load([ref], digest)
+    # The newer state itself still loads as a state, and advances normally.
+    assert store.load([newer], "frame-b")[0].frame_index == 4
+    [newest] = store.commit([newer], [advance(advance(state))], [Answer(5, "frame-b", None)])
+    with pytest.raises(StateConflict):  # two frames behind: no replay
+        store.load([ref], "frame-a")
+    assert store.load([newer], "frame-b") == [Replay(newest, None)]
+
+
+def test_check_reads_the_store_even_when_cached(shared_redis):
+    """A cached state is confirmed against Redis before use: deleted -> not found,
+    advanced elsewhere -> conflict."""
+    prefix = f"sam2cvat-test:{uuid.uuid4().hex}:"
+    shared = RedisStateStore(shared_redis, memory_capacity=6, key_prefix=prefix)
+    worker = CachedStateStore(shared)
+    state = random_state(2)
+    [ref] = worker.create([state])
+    worker.check([ref])
+    assert worker.load([ref])[0] is not None and worker.hits == 1
+    shared.commit([ref], [advance(state)])
+    with pytest.raises(StateConflict):
+        worker.load([ref])
+    shared_redis.delete(*shared_redis.scan_iter(match=f"{prefix}*"))
+    with pytest.raises(StateNotFound):
+        worker.load([StateRef(ref.token, 3)])
+
+
+def test_cached_state_with_redis_down_is_unavailable(own_redis):
+    worker = CachedStateStore(RedisStateStore(own_redis.client(), memory_capacity=6))
+    [ref] = worker.create([random_state(1)])
+    own_redis.stop()
+    with pytest.raises(StoreUnavailable):
+        worker.load([ref])
+    own_redis.start()
+    assert worker.load([ref])[0].frame_index == 1

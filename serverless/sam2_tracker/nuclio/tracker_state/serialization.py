@@ -11,13 +11,20 @@ string header; nothing is ever unpickled):
 * ``mem<k>``: ring slot k = frame_index % memory_capacity, one recent memory with
   the frame index it belongs to (checked against the head on load, which also
   catches a torn or mixed-up write).
+* ``answer``: what the function answered for this object on the state's frame
+  (JSON: frame index, SHA-256 of the frame CVAT sent, the shape), so a replayed
+  call gets the same answer without tracking the frame again. Not part of the
+  ObjectState: a few bytes to a few KiB, no tensors.
 
-Per tracked frame only ``head`` and one ``mem<k>`` change (see ``changed_parts``).
+Per tracked frame only ``head``, one ``mem<k>`` and ``answer`` change (see
+``changed_parts``). Format 2 added the head's optional ``last_box``; format 1
+heads (without it) are still read.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import torch
 from safetensors import SafetensorError
@@ -26,9 +33,11 @@ from safetensors.torch import save as save_tensors
 
 from tracker_state.state import SHAPE_TYPES, ObjectState
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+READABLE_VERSIONS = ("1", "2")
 HEAD = "head"
 PROMPT = "prompt"
+ANSWER = "answer"
 MEMORY_DTYPE = torch.bfloat16
 POINTER_DTYPE = torch.float32
 
@@ -43,7 +52,52 @@ def memory_part(slot: int) -> str:
 
 def part_names(memory_capacity: int) -> list[str]:
     """Every part a state may have, for a model reading ``memory_capacity`` memories."""
-    return [HEAD, PROMPT, *(memory_part(k) for k in range(memory_capacity))]
+    return [HEAD, PROMPT, *(memory_part(k) for k in range(memory_capacity)), ANSWER]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What was answered for one object on one frame.
+
+    Attributes:
+        frame_index: the state's frame index after that call.
+        frame_digest: SHA-256 (hex) of the ``image`` string CVAT sent for that frame.
+        shape: the JSON value answered for the object (a shape, bare points or None).
+    """
+
+    frame_index: int
+    frame_digest: str
+    shape: object
+
+
+def encode_answer(answer: Answer) -> bytes:
+    return json.dumps(
+        {
+            "format_version": FORMAT_VERSION,
+            "frame_index": answer.frame_index,
+            "frame_digest": answer.frame_digest,
+            "shape": answer.shape,
+        }
+    ).encode()
+
+
+def decode_answer(blob: bytes | None) -> Answer | None:
+    """The stored answer, or None when there is none or it is not one this version wrote
+    (a replay is then refused as a conflict, never answered wrongly)."""
+    if not blob:
+        return None
+    try:
+        data = json.loads(bytes(blob))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if (
+        not isinstance(data, dict)
+        or data.get("format_version") != FORMAT_VERSION
+        or not isinstance(data.get("frame_index"), int)
+        or not isinstance(data.get("frame_digest"), str)
+    ):
+        return None
+    return Answer(data["frame_index"], data["frame_digest"], data.get("shape"))
 
 
 def _encode_head(state: ObjectState) -> bytes:
@@ -65,6 +119,8 @@ def _encode_head(state: ObjectState) -> bytes:
         "memory_frames": memory_frames,
         "memory_shape": torch.tensor(tuple(state.prompt_memory.shape), dtype=torch.int64),
     }
+    if state.last_box is not None:
+        tensors["last_box"] = torch.tensor(state.last_box, dtype=torch.float64)
     metadata = {
         "format_version": FORMAT_VERSION,
         "model_id": state.model_id,
@@ -91,9 +147,12 @@ def encode_state(state: ObjectState) -> dict[str, bytes]:
     return parts
 
 
-def changed_parts(state: ObjectState) -> dict[str, bytes]:
-    """The parts that differ from the state one frame earlier: the head and the newest memory."""
+def changed_parts(state: ObjectState, answer: Answer | None = None) -> dict[str, bytes]:
+    """The parts that differ from the state one frame earlier: the head, the newest memory
+    and, when given, the answer on that frame."""
     parts = {HEAD: _encode_head(state)}
+    if answer is not None:
+        parts[ANSWER] = encode_answer(answer)
     newest = state.frame_index
     if newest in state.memories:
         parts[memory_part(newest % state.memory_capacity)] = _encode_memory(
@@ -137,9 +196,9 @@ def decode_state(parts: dict[str, bytes | None]) -> ObjectState:
     head_blob = parts.get(HEAD)
     head = _load(head_blob, HEAD)
     metadata = _metadata(head_blob)
-    if metadata.get("format_version") != FORMAT_VERSION:
+    if metadata.get("format_version") not in READABLE_VERSIONS:
         raise StateFormatError(
-            f"state format {metadata.get('format_version')!r} is not {FORMAT_VERSION!r}"
+            f"state format {metadata.get('format_version')!r} is not one of {READABLE_VERSIONS}"
         )
     shape_type = metadata.get("shape_type")
     if shape_type not in SHAPE_TYPES:
@@ -160,6 +219,10 @@ def decode_state(parts: dict[str, bytes | None]) -> ObjectState:
     _expect(head, "obj_ptrs", POINTER_DTYPE, (pointer_capacity, channels))
     _expect(head, "obj_ptr_frames", torch.int64, (pointer_capacity,))
     _expect(head, "memory_frames", torch.int64, (memory_capacity,))
+    last_box = None
+    if "last_box" in head:
+        _expect(head, "last_box", torch.float64, (4,))
+        last_box = tuple(float(v) for v in head["last_box"])
 
     def load_memory(name: str, frame_index: int) -> torch.Tensor:
         tensors = _load(parts.get(name), name)
@@ -193,4 +256,5 @@ def decode_state(parts: dict[str, bytes | None]) -> ObjectState:
         pointer_capacity=pointer_capacity,
         memories=memories,
         obj_ptrs=obj_ptrs,
+        last_box=last_box,
     )

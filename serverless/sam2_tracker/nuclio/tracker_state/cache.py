@@ -2,10 +2,12 @@
 
 When the same worker continues an object, its state is taken from memory instead
 of being read and decoded from Redis. Redis stays the truth: a cached state is
-used only if it is at exactly the frame CVAT's reference names, and every commit
-still goes through the store's compare-and-set, so a state advanced meanwhile by
-another worker or replica is detected there (409), and a restart simply starts
-with an empty cache.
+used only if it is at exactly the frame CVAT's reference names and the store
+confirms, in one round trip reading the heads, that it is still there at that
+frame, so an expired state (404), a state advanced by another worker (409) or an
+unreachable store (503) is found before any model work; every commit still goes
+through the store's compare-and-set, and a restart simply starts with an empty
+cache.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+from tracker_state.serialization import Answer
 from tracker_state.state import ObjectState
-from tracker_state.stores import StateRef, StateStore
+from tracker_state.stores import Replay, StateConflict, StateRef, StateStore
 
 DEFAULT_CACHED_OBJECTS = 64  # about 3.5 MiB each at the 1024 input
 
@@ -45,20 +48,38 @@ class CachedStateStore(StateStore):
         self._remember(refs, states)
         return refs
 
-    def load(self, refs: list[StateRef]) -> list[ObjectState]:
+    def load(
+        self, refs: list[StateRef], frame_digest: str | None = None
+    ) -> list[ObjectState | Replay]:
         with self._lock:
             cached = [self._states.get(ref.token) for ref in refs]
         if all(s is not None and s.frame_index == r.frame_index for s, r in zip(cached, refs)):
-            self.hits += len(refs)
-            return cached  # type: ignore[return-value]
+            try:
+                self.inner.check(refs)
+            except StateConflict:
+                self._forget(refs)  # moved on elsewhere, or a replay: the store decides
+            else:
+                self.hits += len(refs)
+                return cached  # type: ignore[return-value]
         self.misses += len(refs)
-        states = self.inner.load(refs)
-        self._remember(refs, states)
-        return states
+        loaded = self.inner.load(refs, frame_digest)
+        self._remember(
+            [r for r, s in zip(refs, loaded) if isinstance(s, ObjectState)],
+            [s for s in loaded if isinstance(s, ObjectState)],
+        )
+        return loaded
 
-    def commit(self, refs: list[StateRef], new_states: list[ObjectState]) -> list[StateRef]:
+    def check(self, refs: list[StateRef]) -> None:
+        self.inner.check(refs)
+
+    def commit(
+        self,
+        refs: list[StateRef],
+        new_states: list[ObjectState],
+        answers: list[Answer] | None = None,
+    ) -> list[StateRef]:
         try:
-            new_refs = self.inner.commit(refs, new_states)
+            new_refs = self.inner.commit(refs, new_states, answers)
         except Exception:
             self._forget(refs)  # whatever we held may be stale now
             raise

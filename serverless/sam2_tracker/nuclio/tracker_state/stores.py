@@ -3,9 +3,12 @@
 CVAT carries only a reference per object, ``{"sam2": <token>, "frame": <n>}``:
 an unguessable 256-bit token naming the stored state and the frame index it was
 at when CVAT received it. A continuation is accepted only if the stored state is
-still at that frame, so a state is advanced exactly once per frame: a concurrent
-or replayed call with the same reference gets a conflict instead of silently
-tracking a frame twice.
+still at that frame, so a state is advanced exactly once per frame. One exception
+makes calls safe to retry: when the stored state is exactly one frame further and
+its stored answer was given for the same frame bytes, the call is a replay (CVAT
+timed out, a worker died after its commit, the user ran the step again) and gets
+that answer back (``Replay``). Anything else (another frame, further ahead) is a
+conflict.
 
 Writes are all-or-nothing for the objects of one call (Redis MULTI/EXEC under
 WATCH), so a failed call never changes a stored state.
@@ -23,8 +26,11 @@ from dataclasses import dataclass
 import redis
 
 from tracker_state.serialization import (
+    ANSWER,
     HEAD,
+    Answer,
     changed_parts,
+    decode_answer,
     decode_state,
     encode_state,
     part_names,
@@ -64,6 +70,14 @@ class StateRef:
         return {"sam2": self.token, "frame": self.frame_index}
 
 
+@dataclass(frozen=True)
+class Replay:
+    """A call that repeats the one that advanced this state: its answer, given again."""
+
+    ref: StateRef  # the reference that call answered with (one frame later)
+    shape: object  # the shape it answered (JSON value)
+
+
 def new_token() -> str:
     return secrets.token_urlsafe(32)
 
@@ -79,12 +93,28 @@ class StateStore(ABC):
         """Store new states (prompt frames) and return their references."""
 
     @abstractmethod
-    def load(self, refs: list[StateRef]) -> list[ObjectState]:
-        """The stored states for ``refs``; raises StateNotFound or StateConflict."""
+    def load(
+        self, refs: list[StateRef], frame_digest: str | None = None
+    ) -> list[ObjectState | Replay]:
+        """The stored states for ``refs``, checked against the store (one round trip at
+        least, so a missing or moved state is found before any model work). With a
+        ``frame_digest``, a ref whose call was already answered for that frame gives a
+        Replay. Raises StateNotFound, StateConflict or StoreUnavailable."""
 
     @abstractmethod
-    def commit(self, refs: list[StateRef], new_states: list[ObjectState]) -> list[StateRef]:
-        """Replace the states at ``refs`` by ``new_states`` (one frame later), all or nothing."""
+    def check(self, refs: list[StateRef]) -> None:
+        """Raise StateNotFound/StateConflict/StoreUnavailable unless every state is stored at
+        its ref's frame (one round trip)."""
+
+    @abstractmethod
+    def commit(
+        self,
+        refs: list[StateRef],
+        new_states: list[ObjectState],
+        answers: list[Answer] | None = None,
+    ) -> list[StateRef]:
+        """Replace the states at ``refs`` by ``new_states`` (one frame later) and keep what
+        was answered for them, all or nothing."""
 
 
 class PartStore(StateStore):
@@ -102,21 +132,48 @@ class PartStore(StateStore):
         self._insert(entries)
         return [StateRef(token, state.frame_index) for token, state in zip(entries, states)]
 
-    def load(self, refs: list[StateRef]) -> list[ObjectState]:
-        states = []
+    def load(
+        self, refs: list[StateRef], frame_digest: str | None = None
+    ) -> list[ObjectState | Replay]:
+        loaded: list[ObjectState | Replay] = []
         for ref, parts in zip(refs, self._read([ref.token for ref in refs])):
-            if parts.get(HEAD) is None:
+            head = parts.get(HEAD)
+            if head is None:
                 raise StateNotFound(ref.token)
-            state = decode_state(parts)
-            if state.frame_index != ref.frame_index:
+            stored_index = stored_frame_index(head)
+            if stored_index == ref.frame_index:
+                loaded.append(decode_state(parts))
+                continue
+            answer = decode_answer(parts.get(ANSWER))
+            if (
+                frame_digest is None
+                or answer is None
+                or stored_index != ref.frame_index + 1
+                or answer.frame_index != stored_index
+                or answer.frame_digest != frame_digest
+            ):
                 raise StateConflict(ref.token)
-            states.append(state)
-        return states
+            loaded.append(Replay(StateRef(ref.token, stored_index), answer.shape))
+        return loaded
 
-    def commit(self, refs: list[StateRef], new_states: list[ObjectState]) -> list[StateRef]:
+    def check(self, refs: list[StateRef]) -> None:
+        # Reads only the heads (a few KiB), not the memories.
+        for ref, head in zip(refs, self._read_heads([ref.token for ref in refs])):
+            self._check_expected(ref.token, head, ref.frame_index)
+
+    def commit(
+        self,
+        refs: list[StateRef],
+        new_states: list[ObjectState],
+        answers: list[Answer] | None = None,
+    ) -> list[StateRef]:
         if not refs:
             return []
-        writes = {ref.token: changed_parts(state) for ref, state in zip(refs, new_states)}
+        answers = answers or [None] * len(refs)
+        writes = {
+            ref.token: changed_parts(state, answer)
+            for ref, state, answer in zip(refs, new_states, answers, strict=True)
+        }
         expected = {ref.token: ref.frame_index for ref in refs}
         self._compare_and_write(expected, writes)
         return [StateRef(ref.token, state.frame_index) for ref, state in zip(refs, new_states)]
@@ -126,6 +183,9 @@ class PartStore(StateStore):
 
     @abstractmethod
     def _read(self, tokens: list[str]) -> list[dict[str, bytes | None]]: ...
+
+    @abstractmethod
+    def _read_heads(self, tokens: list[str]) -> list[bytes | None]: ...
 
     @abstractmethod
     def _compare_and_write(
@@ -167,6 +227,9 @@ class InMemoryStateStore(PartStore):
     def _read(self, tokens: list[str]) -> list[dict[str, bytes | None]]:
         with self._lock:
             return [dict(self._live(token) or {}) for token in tokens]
+
+    def _read_heads(self, tokens: list[str]) -> list[bytes | None]:
+        return [parts.get(HEAD) for parts in self._read(tokens)]
 
     def _compare_and_write(
         self, expected: dict[str, int], writes: dict[str, dict[str, bytes]]
@@ -224,6 +287,11 @@ class RedisStateStore(PartStore):
             dict(zip(self.part_names, values[i * per_token : (i + 1) * per_token]))
             for i in range(len(tokens))
         ]
+
+    def _read_heads(self, tokens: list[str]) -> list[bytes | None]:
+        if not tokens:
+            return []
+        return self._run(lambda: self.client.mget([self.key(token, HEAD) for token in tokens]))
 
     def _compare_and_write(
         self, expected: dict[str, int], writes: dict[str, dict[str, bytes]]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
 import shutil
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from sam2.build_sam import build_sam2_video_predictor
@@ -18,6 +23,14 @@ from sam2.sam2_video_predictor import SAM2VideoPredictor
 from tracking.engine import Sam2StreamTracker
 
 log = logging.getLogger(__name__)
+
+
+class InfoLogger(Protocol):
+    """Where setup says what it does: Nuclio's ``context.logger`` in a function, a
+    ``logging.Logger`` elsewhere."""
+
+    def info(self, message: str) -> None: ...
+
 
 DEFAULT_MODEL_CFG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
@@ -99,7 +112,7 @@ def checkpoint_cache_dir(env: dict[str, str]) -> Path:
 
 
 def download_official_checkpoint(
-    config: str, cache_dir: Path, base_url: str = CHECKPOINT_BASE_URL
+    config: str, cache_dir: Path, base_url: str = CHECKPOINT_BASE_URL, logger: InfoLogger = log
 ) -> Path:
     """The official checkpoint for ``config``, downloaded into ``cache_dir`` once."""
     name = OFFICIAL_CHECKPOINTS.get(config)
@@ -111,7 +124,7 @@ def download_official_checkpoint(
     if target.is_file():
         return target
     url = f"{base_url}/{name}"
-    log.info("downloading %s to %s", url, target)
+    logger.info(f"downloading {url} to {target}")
     partial_path: str | None = None
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -133,25 +146,73 @@ def download_official_checkpoint(
     return target
 
 
-def load_sam2(settings: ModelSettings, env: dict[str, str]) -> SAM2VideoPredictor:
+@contextlib.contextmanager
+def root_logger_untouched() -> Iterator[None]:
+    """SAM 2 logs with ``logging.info(...)`` while loading; on a root logger without
+    handlers that calls ``logging.basicConfig()``, which adds a stderr handler to the
+    root. Under Nuclio every line of Nuclio's own logger (which propagates to the root)
+    would then be printed twice. A placeholder handler meanwhile keeps the root as it was."""
+    root = logging.getLogger()
+    placeholder = None
+    if not root.handlers:
+        placeholder = logging.NullHandler()
+        root.addHandler(placeholder)
+    try:
+        yield
+    finally:
+        if placeholder is not None:
+            root.removeHandler(placeholder)
+
+
+def hole_filling_available() -> bool:
+    """Whether SAM 2's CUDA extension ``sam2._C`` (used for filling small mask holes) is
+    built. Without it SAM 2 skips hole filling, as the official predictor then does, and
+    warns on every frame; callers say so once instead (``silence_missing_extension``)."""
+    try:
+        importlib.import_module("sam2._C")
+    except ImportError:
+        return False
+    return True
+
+
+def silence_missing_extension() -> None:
+    """Drop SAM 2's per-frame "cannot import name '_C'" warning (said once at startup)."""
+    warnings.filterwarnings("ignore", message="cannot import name '_C'", category=UserWarning)
+
+
+def load_sam2(
+    settings: ModelSettings, env: dict[str, str], logger: InfoLogger = log
+) -> SAM2VideoPredictor:
     """SAM 2 exactly as ``build_sam2_video_predictor`` builds it for the official predictor."""
+    checkpoint = resolved_checkpoint(settings, env, logger)
+    with root_logger_untouched():
+        return build_sam2_video_predictor(
+            settings.config,
+            ckpt_path=checkpoint,
+            device=settings.resolved_device(),
+            hydra_overrides_extra=list(settings.hydra_overrides),
+            # SAM 2's own compiled variant: memory encoder, memory attention, prompt
+            # encoder, mask decoder and image encoder under torch.compile.
+            vos_optimized=settings.resolved_compile(),
+        )
+
+
+def resolved_checkpoint(
+    settings: ModelSettings, env: dict[str, str], logger: InfoLogger = log
+) -> str:
+    """The checkpoint file to load: SAM2_CHECKPOINT, or the official one downloaded."""
     checkpoint = settings.checkpoint
     if checkpoint is None:
-        checkpoint = str(download_official_checkpoint(settings.config, checkpoint_cache_dir(env)))
-    elif not Path(checkpoint).is_file():
+        cache_dir = checkpoint_cache_dir(env)
+        return str(download_official_checkpoint(settings.config, cache_dir, logger=logger))
+    if not Path(checkpoint).is_file():
         raise ModelSetupError(f"SAM2_CHECKPOINT={checkpoint!r} is not a file")
-    return build_sam2_video_predictor(
-        settings.config,
-        ckpt_path=checkpoint,
-        device=settings.resolved_device(),
-        hydra_overrides_extra=list(settings.hydra_overrides),
-        # SAM 2's own compiled variant: memory encoder, memory attention, prompt encoder,
-        # mask decoder and image encoder under torch.compile.
-        vos_optimized=settings.resolved_compile(),
-    )
+    return checkpoint
 
 
-def build_tracker(model: SAM2VideoPredictor, settings: ModelSettings) -> Sam2StreamTracker:
+def build_tracker(
+    model: SAM2VideoPredictor, settings: ModelSettings, logger: InfoLogger = log
+) -> Sam2StreamTracker:
     """The tracker over ``model`` with the settings' precision and objects per pass; a
     compiled model is warmed up here, so no call waits for a compilation."""
     tracker = Sam2StreamTracker(
@@ -161,6 +222,6 @@ def build_tracker(model: SAM2VideoPredictor, settings: ModelSettings) -> Sam2Str
         max_batch=settings.object_batch,
     )
     if tracker.compiled:
-        log.info("warming up compiled SAM 2 (the first time takes minutes)")
+        logger.info("warming up compiled SAM 2 (the first time takes minutes)")
         tracker.warm_up()
     return tracker

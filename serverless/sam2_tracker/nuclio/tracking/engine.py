@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from sam2.sam2_video_predictor import SAM2VideoPredictor, SAM2VideoPredictorVOS
 from sam2.utils.misc import fill_holes_in_mask_scores
-
 from tracker_state.state import ObjectState
+
 from tracking.memory_attention import FrameSharedMemoryAttention
 
 # Stands in for the unknown video length (only ``min(num_frames, 16)`` and

@@ -15,7 +15,7 @@ frames, so each continuation call is ``frame_index + 1``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -43,6 +43,9 @@ class ObjectState:
         memory_capacity: how many recent memories SAM 2 reads (num_maskmem - 1).
         pointer_capacity: how many recent object pointers SAM 2 reads
             (max_obj_ptrs_in_encoder - 1).
+        last_box: for rectangle objects, the last box answered where the object was seen,
+            (x1, y1, x2, y2) in frame pixels: the answer while SAM 2 says it is not visible
+            (CVAT's rectangle panel cannot take ``null``). None for masks and polygons.
     """
 
     model_id: str
@@ -56,6 +59,7 @@ class ObjectState:
     pointer_capacity: int
     memories: dict[int, torch.Tensor] = field(default_factory=dict)
     obj_ptrs: dict[int, torch.Tensor] = field(default_factory=dict)
+    last_box: tuple[float, float, float, float] | None = None
 
     def advanced(self, memory: torch.Tensor, obj_ptr: torch.Tensor) -> ObjectState:
         """The state after tracking the next frame, given that frame's memory and pointer.
@@ -72,19 +76,7 @@ class ObjectState:
             t: p for t, p in self.obj_ptrs.items() if t > frame_index - self.pointer_capacity
         }
         obj_ptrs[frame_index] = obj_ptr
-        return ObjectState(
-            model_id=self.model_id,
-            shape_type=self.shape_type,
-            legacy=self.legacy,
-            frame_size=self.frame_size,
-            frame_index=frame_index,
-            prompt_memory=self.prompt_memory,
-            prompt_obj_ptr=self.prompt_obj_ptr,
-            memory_capacity=self.memory_capacity,
-            pointer_capacity=self.pointer_capacity,
-            memories=memories,
-            obj_ptrs=obj_ptrs,
-        )
+        return replace(self, frame_index=frame_index, memories=memories, obj_ptrs=obj_ptrs)
 
     def memory_signature(self) -> tuple:
         """Objects with equal signatures read memory of the same shape and can be batched."""

@@ -2,12 +2,13 @@
 
 from tracker_state.cache import CachedStateStore
 from tracker_state.config import store_from_env
-from tracker_state.serialization import StateFormatError, decode_state, encode_state
+from tracker_state.serialization import Answer, StateFormatError, decode_state, encode_state
 from tracker_state.state import SHAPE_TYPES, ObjectState
 from tracker_state.stores import (
     TOKEN_PATTERN,
     InMemoryStateStore,
     RedisStateStore,
+    Replay,
     StateConflict,
     StateError,
     StateNotFound,
@@ -19,10 +20,12 @@ from tracker_state.stores import (
 __all__ = [
     "SHAPE_TYPES",
     "TOKEN_PATTERN",
+    "Answer",
     "CachedStateStore",
     "InMemoryStateStore",
     "ObjectState",
     "RedisStateStore",
+    "Replay",
     "StateConflict",
     "StateError",
     "StateFormatError",

@@ -1,0 +1,346 @@
+"""One tracker call, from CVAT's JSON to CVAT's JSON.
+
+parse -> check the stored states (one store round trip; replayed calls are answered
+here, without SAM 2) -> decode the frame once -> image features once -> start new
+objects from their shapes / continue stored objects -> shapes -> store the states with
+their answers -> answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from tracker_state import (
+    Answer,
+    ObjectState,
+    Replay,
+    StateConflict,
+    StateFormatError,
+    StateNotFound,
+    StateRef,
+    StateStore,
+    StoreUnavailable,
+    store_from_env,
+)
+from tracking.engine import BoxPrompt, MaskPrompt, Prompt, Sam2StreamTracker, StepResult
+from tracking.frames import (
+    DEFAULT_MAX_PIXELS,
+    FrameError,
+    FrameTooLarge,
+    decode_frame,
+    preprocess_frame,
+)
+from tracking.model_loading import (
+    InfoLogger,
+    ModelSettings,
+    build_tracker,
+    hole_filling_available,
+    load_sam2,
+    silence_missing_extension,
+)
+from tracking.protocol import (
+    DEFAULT_MAX_OBJECTS,
+    ContinuedObject,
+    NewObject,
+    RequestError,
+    bad_request,
+    parse_request,
+)
+from tracking.shapes import (
+    ShapeError,
+    decode_rle,
+    encode_shape,
+    parse_box,
+    rasterize_polygon,
+)
+from tracking.timing import PhaseTimer
+
+log = logging.getLogger(__name__)
+
+RESTART_HINT = "start tracking this object again from a shape"
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class HandlerLimits:
+    max_objects: int = DEFAULT_MAX_OBJECTS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> HandlerLimits:
+        return cls(
+            max_objects=int(env.get("SAM2_MAX_OBJECTS_PER_CALL") or DEFAULT_MAX_OBJECTS),
+            max_pixels=int(env.get("SAM2_MAX_FRAME_PIXELS") or DEFAULT_MAX_PIXELS),
+        )
+
+
+@dataclass(frozen=True)
+class CallSummary:
+    """What one answered call did, for the one log line per call."""
+
+    frame_size: tuple[int, int] | None  # (height, width); None when nothing was decoded
+    started: int
+    continued: int
+    replayed: int
+    seconds: dict[str, float]  # wall time per phase
+
+    def describe(self) -> str:
+        if self.frame_size is None:
+            frame = "frame not decoded"
+        else:
+            frame = f"{self.frame_size[1]}x{self.frame_size[0]} frame"
+        phases = ", ".join(f"{name} {s * 1000:.0f}" for name, s in self.seconds.items())
+        total_ms = sum(self.seconds.values()) * 1000
+        return (
+            f"tracked {self.started} started, {self.continued} continued, "
+            f"{self.replayed} replayed objects on a {frame} in {total_ms:.0f} ms ({phases} ms)"
+        )
+
+
+def frame_digest(image: object) -> str | None:
+    """Identifies the frame CVAT sent (SHA-256 of its base64 text), so a replayed call can
+    be told from a call on another frame."""
+    if not isinstance(image, str):
+        return None
+    return hashlib.sha256(image.encode()).hexdigest()
+
+
+class ModelHandler:
+    """Answers tracker calls with a SAM 2 stream tracker and a state store."""
+
+    def __init__(
+        self,
+        tracker: Sam2StreamTracker,
+        store: StateStore,
+        limits: HandlerLimits | None = None,
+        setup_notes: tuple[str, ...] = (),
+    ) -> None:
+        self.tracker = tracker
+        self.store = store
+        self.limits = limits or HandlerLimits()
+        self.setup_notes = setup_notes  # e.g. which store, from which variable
+        self.last_call: CallSummary | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, logger: InfoLogger = log) -> ModelHandler:
+        env = dict(os.environ if env is None else env)
+        settings = ModelSettings.from_env(env)
+        model = load_sam2(settings, env, logger)
+        tracker = build_tracker(model, settings, logger)
+        store, store_description = store_from_env(env, tracker.memory_capacity)
+        if hole_filling_available():
+            holes = "hole filling on (sam2._C)"
+        else:
+            holes = "hole filling off: sam2._C is not built (the official predictor skips it too)"
+            silence_missing_extension()
+        return cls(tracker, store, HandlerLimits.from_env(env), (store_description, holes))
+
+    def describe(self) -> str:
+        """The startup line: model, input size, device, precision, compilation, store,
+        limits."""
+        tracker = self.tracker
+        precision = str(tracker.precision).removeprefix("torch.")
+        return "; ".join(
+            (
+                f"SAM 2 tracker ready: model {tracker.model_id} (input {tracker.image_size}px) "
+                f"on {tracker.device}, {precision}, "
+                f"{'compiled' if tracker.compiled else 'not compiled'}, "
+                f"up to {tracker.max_batch} objects per pass",
+                *self.setup_notes,
+                f"limits: {self.limits.max_objects} objects per call, frames up to "
+                f"{self.limits.max_pixels} pixels",
+            )
+        )
+
+    def infer(self, body: object) -> dict:
+        """Answer one call: ``{"shapes": [...], "states": [...]}`` in the request's order.
+
+        Raises RequestError (4xx/503) for anything the caller can fix or retry; stored
+        states are checked before any model work, so those answers come at once.
+        """
+        timer = PhaseTimer(self.tracker.device)
+        with timer.phase("parse"):
+            request = parse_request(body, self.limits.max_objects)
+            digest = frame_digest(request.image)
+        new = [(i, o) for i, o in enumerate(request.objects) if isinstance(o, NewObject)]
+        continued = [
+            (i, o.ref) for i, o in enumerate(request.objects) if isinstance(o, ContinuedObject)
+        ]
+        with timer.phase("state_read"):
+            loaded = self._load([ref for _, ref in continued], digest)
+
+        answers: dict[int, tuple[object, StateRef]] = {
+            i: (found.shape, found.ref)
+            for (i, _), found in zip(continued, loaded)
+            if isinstance(found, Replay)
+        }
+        stepping = [
+            (i, ref, found)
+            for (i, ref), found in zip(continued, loaded)
+            if isinstance(found, ObjectState)
+        ]
+        frame_size = None
+        if new or stepping:
+            frame_size = self._track(request.image, new, stepping, digest, timer, answers)
+        self.last_call = CallSummary(
+            frame_size, len(new), len(stepping), len(continued) - len(stepping), timer.seconds
+        )
+        order = sorted(answers)
+        return {
+            "shapes": [answers[i][0] for i in order],
+            "states": [answers[i][1].to_json() for i in order],
+        }
+
+    def _track(
+        self,
+        image: object,
+        new: list[tuple[int, NewObject]],
+        stepping: list[tuple[int, StateRef, ObjectState]],
+        digest: str | None,
+        timer: PhaseTimer,
+        answers: dict[int, tuple[object, StateRef]],
+    ) -> tuple[int, int]:
+        """Run SAM 2 on the frame for new and continued objects, store their states and
+        put their answers into ``answers``; returns the frame size (height, width)."""
+        with timer.phase("decode"):
+            try:
+                frame = decode_frame(image, self.limits.max_pixels)
+            except FrameError as error:
+                status = 413 if isinstance(error, FrameTooLarge) else 400
+                raise RequestError(status, str(error)) from error
+        frame_size = (frame.height, frame.width)
+        with timer.phase("prompts"):
+            prompts = [self._prompt(o, i, frame_size) for i, o in new]
+        states = [state for _, _, state in stepping]
+        self._check_compatible(states, [i for i, _, _ in stepping], frame_size)
+
+        with timer.phase("preprocess"):
+            pixels = preprocess_frame(frame, self.tracker.image_size, self.tracker.device)
+        with timer.phase("image_encoder"):
+            features = self.tracker.encode_frame(pixels, frame_size)
+        with timer.phase("tracking"):
+            started = self.tracker.start(
+                features,
+                prompts,
+                [o.shape_type for _, o in new],
+                [o.legacy for _, o in new],
+            )
+            stepped = self.tracker.step(features, states) if states else []
+
+        with timer.phase("shapes"):
+            started_answers = [
+                self._answer(r, frame_size, p.box if isinstance(p, BoxPrompt) else None)
+                for r, p in zip(started, prompts)
+            ]
+            stepped_answers = [self._answer(r, frame_size, r.state.last_box) for r in stepped]
+
+        with timer.phase("state_write"):
+            # New states first: if that fails nothing CVAT holds has changed; if the
+            # commit then fails, the new states are orphans that simply expire.
+            created = self._store(lambda: self.store.create([s for _, s in started_answers]))
+            refs = [ref for _, ref, _ in stepping]
+            stored_answers = [
+                Answer(state.frame_index, digest or "", shape) for shape, state in stepped_answers
+            ]
+            new_refs = self._store(
+                lambda: self.store.commit(refs, [s for _, s in stepped_answers], stored_answers)
+            )
+        for (i, _), (shape, _), ref in zip(new, started_answers, created):
+            answers[i] = (shape, ref)
+        for (i, _, _), (shape, _), ref in zip(stepping, stepped_answers, new_refs):
+            answers[i] = (shape, ref)
+        return frame_size
+
+    def _prompt(self, obj: NewObject, index: int, frame_size: tuple[int, int]) -> Prompt:
+        height, width = frame_size
+        try:
+            if obj.shape_type == "rectangle":
+                box = parse_box(obj.points, height, width)
+                return BoxPrompt(tuple(float(v) for v in box))
+            if obj.shape_type == "polygon":
+                mask = rasterize_polygon(obj.points, height, width)
+            else:
+                mask = decode_rle(obj.points, height, width)
+        except ShapeError as error:
+            raise bad_request(f"shapes[{index}]: {error}") from error
+        if not mask.any():
+            raise bad_request(f"shapes[{index}]: the {obj.shape_type} covers no pixel")
+        return MaskPrompt(torch.from_numpy(mask))
+
+    def _load(self, refs: list[StateRef], digest: str | None) -> list[ObjectState | Replay]:
+        if not refs:
+            return []
+        try:
+            return self._store(lambda: self.store.load(refs, digest))
+        except StateFormatError as error:
+            raise RequestError(
+                410, f"a stored state is unreadable ({error}); {RESTART_HINT}"
+            ) from error
+
+    def _check_compatible(
+        self, states: list[ObjectState], indices: list[int], frame_size: tuple[int, int]
+    ) -> None:
+        for index, state in zip(indices, states):
+            if state.model_id != self.tracker.model_id:
+                raise RequestError(
+                    409,
+                    f"states[{index}] was made by model {state.model_id}, this function runs "
+                    f"{self.tracker.model_id}; {RESTART_HINT}",
+                )
+            if state.frame_size != frame_size:
+                raise bad_request(
+                    f"states[{index}] tracks {state.frame_size[1]}x{state.frame_size[0]} "
+                    f"frames but this frame is {frame_size[1]}x{frame_size[0]}"
+                )
+
+    def _store(self, operation):
+        """Run a store operation, turning its failures into answers for the caller."""
+        try:
+            return operation()
+        except StateNotFound as error:
+            raise RequestError(
+                404,
+                f"tracking state {str(error)[:8]}... is unknown or expired (states live 8 "
+                f"hours after their last use); {RESTART_HINT}",
+            ) from error
+        except StateConflict as error:
+            raise RequestError(
+                409,
+                "this object's state was already advanced past this frame by another call "
+                "(a concurrent call, or a repeated one on another frame); continue from the "
+                "latest state or " + RESTART_HINT,
+            ) from error
+        except StoreUnavailable as error:
+            raise RequestError(
+                503,
+                f"the tracking state store is unavailable ({error}); nothing was changed, "
+                "retry when it is back",
+            ) from error
+
+    def _answer(
+        self, result: StepResult, frame_size: tuple[int, int], fallback_box: Box | None
+    ) -> tuple[object, ObjectState]:
+        """(the JSON answer, the state to store) for one object on this frame. Rectangles
+        are never ``null`` (CVAT's rectangle panel cannot take it): while SAM 2 says the
+        object is not visible they keep the last box where it was seen."""
+        # One object at a time: full-size float logits of many objects on 4K frames
+        # would take gigabytes.
+        logits = self.tracker.upsample(result.low_res_logits[None], frame_size)
+        mask: np.ndarray = (logits[0, 0] > 0).cpu().numpy()
+        state = result.state
+        points = encode_shape(state.shape_type, mask)
+        if state.shape_type == "rectangle":
+            if points is None and fallback_box is not None:
+                points = list(fallback_box)
+            if points is not None:
+                state = replace(state, last_box=tuple(points))
+        if points is None:
+            return None, state
+        if state.legacy:
+            return points, state
+        return {"type": state.shape_type, "points": points}, state

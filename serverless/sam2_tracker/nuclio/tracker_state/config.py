@@ -1,0 +1,56 @@
+"""The state store named by CVAT's environment variables."""
+
+from __future__ import annotations
+
+import redis
+
+from tracker_state.cache import DEFAULT_CACHED_OBJECTS, CachedStateStore
+from tracker_state.stores import InMemoryStateStore, RedisStateStore, StateStore
+
+# CVAT's deploy scripts name the tracker's Redis with CVAT_FUNCTIONS_REDIS_* (current
+# releases) or CVAT_REDIS_* (earlier ones); when both are set the newer names win.
+REDIS_VARIABLE_PREFIXES = ("CVAT_FUNCTIONS_REDIS_", "CVAT_REDIS_")
+
+
+def redis_setting(env: dict[str, str], name: str) -> tuple[str, str] | None:
+    """(variable, value) of the first non-empty ``<prefix><name>``, newest names first."""
+    for prefix in REDIS_VARIABLE_PREFIXES:
+        value = (env.get(prefix + name) or "").strip()
+        if value:
+            return prefix + name, value
+    return None
+
+
+def store_from_env(env: dict[str, str], memory_capacity: int) -> tuple[StateStore, str]:
+    """The store named by CVAT's variables, and a line saying which one it is (never the
+    password).
+
+    ``CVAT_FUNCTIONS_REDIS_HOST`` or ``CVAT_REDIS_HOST`` (unset: in-memory store), ``..._PORT``
+    (default 6379), ``..._PASSWORD`` (optional).
+    """
+    host = redis_setting(env, "HOST")
+    if host is None:
+        return (
+            InMemoryStateStore(memory_capacity),
+            "state store: in memory (neither CVAT_FUNCTIONS_REDIS_HOST nor CVAT_REDIS_HOST is "
+            "set): states are lost on restart and not shared between workers",
+        )
+    host_variable, host_name = host
+    port = int((redis_setting(env, "PORT") or ("", "6379"))[1])
+    password = redis_setting(env, "PASSWORD")
+    client = redis.Redis(
+        host=host_name,
+        port=port,
+        password=password[1] if password else None,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+    store: StateStore = RedisStateStore(client, memory_capacity)
+    cached = int(env.get("SAM2_STATE_CACHE_OBJECTS") or DEFAULT_CACHED_OBJECTS)
+    if cached > 0:
+        store = CachedStateStore(store, cached)
+    return store, (
+        f"state store: redis at {host_name}:{port} (from {host_variable}"
+        f"{', with password' if password else ''}; worker cache: {cached} objects)"
+    )
