@@ -1,108 +1,216 @@
-"""function.yaml / function-gpu.yaml and the deploy scripts, checked against the code."""
+"""The function folder, its specs and the deploy scripts (ours and CVAT's), checked
+against the code; and the staged function run under a stand-in for Nuclio's Python
+runtime (tests/nuclio_runner.py), with CVAT's Redis variables."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import subprocess
+import sys
+from importlib import resources
 from pathlib import Path
 
 import main
 import pytest
 import yaml
+from conftest import SMALL_IMAGE_SIZE, davis_sequence, frame_paths, ground_truth
+from cvat_sdk.masks import encode_mask
 from tracker_state.state import SHAPE_TYPES
+from tracking.model_loading import CHECKPOINT_BASE_URL, OFFICIAL_CHECKPOINTS
 
 REPO = Path(__file__).resolve().parents[1]
+SERVERLESS = REPO / "serverless"  # the path the README gives CVAT's deploy scripts
+FUNCTION_DIR = SERVERLESS / "sam2_tracker" / "nuclio"
 SPECS = ["function.yaml", "function-gpu.yaml"]
-CODE = "\n".join(
-    path.read_text()
-    for path in [*REPO.glob("*.py"), *REPO.glob("tracking/*.py"), *REPO.glob("tracker_state/*.py")]
-)
+SIZES = ["tiny", "small", "base_plus", "large"]
+CODE = "\n".join(path.read_text() for path in FUNCTION_DIR.rglob("*.py"))
+# What the image needs, and nothing else: Nuclio copies the whole folder into the build.
+FUNCTION_FILES = {
+    "function.yaml",
+    "function-gpu.yaml",
+    "main.py",
+    "model_handler.py",
+    *(f"tracking/{p.name}" for p in (FUNCTION_DIR / "tracking").glob("*.py")),
+    *(f"tracker_state/{p.name}" for p in (FUNCTION_DIR / "tracker_state").glob("*.py")),
+}
 
 
 def load(name: str) -> dict:
-    return yaml.safe_load((REPO / name).read_text())
+    return yaml.safe_load((FUNCTION_DIR / name).read_text())
 
 
-@pytest.mark.parametrize("name", SPECS)
-def test_cvat_reads_what_it_needs(name):
-    spec = load(name)
+def env_of(spec: dict) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in spec["spec"]["env"]}
+
+
+def build_steps(spec: dict) -> list[str]:
+    return [d["value"] for d in spec["spec"]["build"]["directives"]["preCopy"]]
+
+
+def files_under(folder: Path) -> set[str]:
+    """Files Nuclio would copy into the image (bytecode caches aside: `make` keeps them
+    out of the folder, and our scripts strip them)."""
+    return {
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def check_spec(spec: dict, gpu: bool, size: str = "tiny") -> None:
+    """Everything CVAT and Nuclio read from a spec, and its checkpoint for ``size``."""
     annotations = spec["metadata"]["annotations"]
     assert spec["metadata"]["namespace"] == "cvat"
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", spec["metadata"]["name"])
     assert annotations["type"] == "tracker"
     assert annotations["name"]
     assert annotations["spec"] in ("", None)
     assert set(annotations["supported_shape_types"].split(",")) == set(SHAPE_TYPES)
-    module, function = spec["spec"]["handler"].split(":")
-    assert (module, function) == ("main", "handler")
+    assert spec["spec"]["handler"] == "main:handler"
     assert callable(main.handler) and callable(main.init_context)
 
-
-@pytest.mark.parametrize("name", SPECS)
-def test_environment_names_are_the_codes(name):
-    env = {item["name"]: item["value"] for item in load(name)["spec"]["env"]}
+    env = env_of(spec)
     for variable in env:
         if variable != "PYTHONUNBUFFERED":
             assert f'"{variable}"' in CODE, f"{variable} is not read by the code"
-    checkpoint = env["SAM2_CHECKPOINT"]
-    directives = [d["value"] for d in load(name)["spec"]["build"]["directives"]["preCopy"]]
-    assert any(checkpoint in step and "dl.fbaipublicfiles.com" in step for step in directives)
-    assert env["SAM2_DEVICE"] == ("cuda" if "gpu" in name else "cpu")
-    for variable in (
-        "CVAT_FUNCTIONS_REDIS_HOST",
-        "CVAT_FUNCTIONS_REDIS_PORT",
-        "CVAT_FUNCTIONS_REDIS_PASSWORD",
-    ):
-        assert f'"{variable}"' in CODE
+    assert env["SAM2_DEVICE"] == ("cuda" if gpu else "cpu")
+    # The checkpoint the image fetches is the official one of the configured model.
+    checkpoint = f"sam2.1_hiera_{size}.pt"
+    assert OFFICIAL_CHECKPOINTS[env["SAM2_MODEL_CFG"]] == checkpoint
+    assert env["SAM2_CHECKPOINT"].endswith("/" + checkpoint)
+    fetch = f"curl -fsSL -o {env['SAM2_CHECKPOINT']} {CHECKPOINT_BASE_URL}/{checkpoint}"
+    assert any(fetch in step for step in build_steps(spec)), fetch
+    assert resources.files("sam2").joinpath(env["SAM2_MODEL_CFG"]).is_file()
 
-
-@pytest.mark.parametrize("name", SPECS)
-def test_build_pins_match_requirements(name):
     pins = dict(
         line.split("==")
         for line in (REPO / "requirements.txt").read_text().splitlines()
         if "==" in line and not line.startswith("#")
     )
-    steps = " ".join(d["value"] for d in load(name)["spec"]["build"]["directives"]["preCopy"])
+    steps = " ".join(build_steps(spec))
     for package, version in pins.items():
-        assert f"{package}=={version}" in steps, f"{name} does not pin {package}=={version}"
+        assert f"{package}=={version}" in steps, f"the spec does not pin {package}=={version}"
     assert "sam2==1.1.0" in steps and "--no-build-isolation" in steps
     assert re.search(r"torch==[\d.]+", steps)
 
-
-@pytest.mark.parametrize("name", SPECS)
-def test_sized_for_many_objects_on_4k_frames(name):
-    spec = load(name)["spec"]
-    trigger = next(iter(spec["triggers"].values()))
+    trigger = next(iter(spec["spec"]["triggers"].values()))
     assert trigger["kind"] == "http"
     assert trigger["attributes"]["maxRequestBodySize"] >= 128 * 1024 * 1024
-    assert int(spec["eventTimeout"].rstrip("s")) >= 30
-    assert spec["platform"]["attributes"]["mountMode"] == "volume"
-    limits = spec.get("resources", {}).get("limits", {})
-    assert ("nvidia.com/gpu" in limits) == ("gpu" in name)
-    if "gpu" in name:  # compiled warm-up in init_context outlasts Nuclio's 120 s default
-        assert spec["readinessTimeoutSeconds"] >= 900
+    assert int(spec["spec"]["eventTimeout"].rstrip("s")) >= 30
+    assert spec["spec"]["platform"]["attributes"]["mountMode"] == "volume"
+    limits = spec["spec"].get("resources", {}).get("limits", {})
+    assert ("nvidia.com/gpu" in limits) == gpu
+    if gpu:  # compiled warm-up in init_context outlasts Nuclio's 120 s default
+        assert spec["spec"]["readinessTimeoutSeconds"] >= 900
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_shipped_specs(name):
+    check_spec(load(name), gpu="gpu" in name)
+
+
+def test_the_redis_variables_of_both_cvat_generations_are_read():
+    for prefix in ("CVAT_FUNCTIONS_REDIS_", "CVAT_REDIS_"):
+        for name in ("HOST", "PORT", "PASSWORD"):
+            assert prefix in CODE and name in CODE
+    from tracker_state.config import store_from_env
+
+    _, old = store_from_env({"CVAT_REDIS_HOST": "cvat_redis_ondisk", "CVAT_REDIS_PORT": "6666"}, 6)
+    assert "redis at cvat_redis_ondisk:6666 (from CVAT_REDIS_HOST" in old
+    _, both = store_from_env(
+        {
+            "CVAT_REDIS_HOST": "old",
+            "CVAT_FUNCTIONS_REDIS_HOST": "new",
+            "CVAT_FUNCTIONS_REDIS_PORT": "7000",
+            "CVAT_REDIS_PASSWORD": "secret",
+        },
+        6,
+    )
+    assert "redis at new:7000 (from CVAT_FUNCTIONS_REDIS_HOST, with password" in both
+    assert "secret" not in both
+    _, none = store_from_env({}, 6)
+    assert "in memory" in none
+
+
+def test_the_function_folder_holds_only_the_function():
+    assert files_under(FUNCTION_DIR) == FUNCTION_FILES
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "."],
+        cwd=FUNCTION_DIR,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert set(tracked) == FUNCTION_FILES
+
+
+def fake_nuctl(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A stand-in for the nuctl binary (no Nuclio here): records its arguments, one call
+    a line, and copies each folder it is asked to deploy (the build context) to
+    staged/<n>. Returns (nuctl, record, staged)."""
+    record, staged = tmp_path / "calls", tmp_path / "staged"
+    fake = tmp_path / "nuctl"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$@" >> "{record}"\n'
+        'if [ "$1" = deploy ]; then\n'
+        f'  n=$(ls "{staged}" 2>/dev/null | wc -l)\n'
+        "  while [ $# -gt 0 ]; do\n"
+        f'    [ "$1" = --path ] && mkdir -p "{staged}" && cp -r "$2" "{staged}/$n"\n'
+        f'    [ "$1" = --file ] && cp "$2" "{tmp_path}/spec-$n.yaml"\n'
+        "    shift\n"
+        "  done\n"
+        "fi\n"
+    )
+    fake.chmod(0o755)
+    return fake, record, staged
+
+
+# CVAT's serverless/deploy_cpu.sh and deploy_gpu.sh, as documented for its Enterprise
+# tracker: every function(-gpu).yaml under the given path is deployed with its folder as
+# the build context and the Redis variables of the CVAT release. Written from their
+# documented behaviour (not copied); $1 = path, $2 = spec name, $3 = Redis prefix.
+CVAT_DEPLOY_LOOP = """
+set -eu
+shopt -s globstar
+nuctl create project cvat --platform local
+for func_config in "$1"/**/"$2"; do
+    func_root="$(dirname "$func_config")"
+    nuctl deploy --project-name cvat --path "$func_root" --file "$func_config" \\
+        --platform local --env "$3HOST=cvat_redis_ondisk" --env "$3PORT=6666" \\
+        --platform-config '{"attributes": {"network": "cvat_cvat"}}'
+done
+nuctl get function --platform local
+"""
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("redis_prefix", ["CVAT_FUNCTIONS_REDIS_", "CVAT_REDIS_"])
+def test_cvats_deploy_loop_on_the_readme_path_deploys_one_function(tmp_path, spec, redis_prefix):
+    _, record, staged = fake_nuctl(tmp_path)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    subprocess.run(
+        ["bash", "-c", CVAT_DEPLOY_LOOP, "deploy", str(SERVERLESS), spec, redis_prefix],
+        check=True,
+        env=env,
+    )
+    deploys = [line for line in record.read_text().splitlines() if line.startswith("deploy")]
+    assert len(deploys) == 1
+    assert f"--path {FUNCTION_DIR} --file {FUNCTION_DIR / spec}" in deploys[0]
+    assert files_under(staged / "0") == FUNCTION_FILES  # no .venv, tests, benchmarks
+    check_spec(yaml.safe_load((tmp_path / "spec-0.yaml").read_text()), gpu="gpu" in spec)
 
 
 @pytest.mark.parametrize(
     ("script", "spec"), [("deploy_cpu.sh", SPECS[0]), ("deploy_gpu.sh", SPECS[1])]
 )
-def test_deploy_scripts_call_nuctl_the_cvat_way(tmp_path, script, spec):
-    record = tmp_path / "calls"
-    staged = tmp_path / "staged"
-    fake = tmp_path / "nuctl"
-    # Stands in for the nuctl binary (no Nuclio here): records its arguments and
-    # copies the staged function folder it is asked to deploy.
-    fake.write_text(
-        "#!/usr/bin/env bash\n"
-        f'echo "$@" >> "{record}"\n'
-        'if [ "$1" = deploy ]; then\n'
-        '  while [ $# -gt 0 ]; do [ "$1" = --path ] && cp -r "$2" '
-        f'"{staged}"; shift; done\n'
-        "fi\n"
-    )
-    fake.chmod(0o755)
-    env = {**os.environ, "NUCTL": str(fake)}
+@pytest.mark.parametrize("size", SIZES)
+def test_our_deploy_scripts_deploy_the_chosen_model_size(tmp_path, script, spec, size):
+    nuctl, record, staged = fake_nuctl(tmp_path)
+    env = {**os.environ, "NUCTL": str(nuctl), "SAM2_MODEL_SIZE": size}
     env.pop("CVAT_FUNCTIONS_REDIS_HOST", None)
     subprocess.run(["bash", str(REPO / script)], check=True, env=env, cwd=tmp_path)
     calls = record.read_text()
@@ -112,11 +220,113 @@ def test_deploy_scripts_call_nuctl_the_cvat_way(tmp_path, script, spec):
     assert "--env CVAT_FUNCTIONS_REDIS_PORT=6666" in calls
     assert '"network": "cvat_cvat"' in calls
     assert "--platform local" in calls
-    assert sorted(p.name for p in staged.iterdir()) == [
-        "function.yaml",
-        "main.py",
-        "model_handler.py",
-        "tracker_state",
-        "tracking",
+    staged_files = files_under(staged / "0")
+    assert staged_files == (FUNCTION_FILES - {"function-gpu.yaml"})
+    assert not any("__pycache__" in str(p) for p in (staged / "0").rglob("*"))
+    deployed = yaml.safe_load((tmp_path / "spec-0.yaml").read_text())
+    check_spec(deployed, gpu="gpu" in spec, size=size)
+    if size == "tiny":
+        assert (tmp_path / "spec-0.yaml").read_text() == (FUNCTION_DIR / spec).read_text()
+    else:
+        assert size.replace("_", "-") in deployed["metadata"]["name"]
+        assert size in deployed["metadata"]["annotations"]["name"]
+
+
+def test_an_unknown_model_size_is_refused(tmp_path):
+    nuctl, record, _ = fake_nuctl(tmp_path)
+    env = {**os.environ, "NUCTL": str(nuctl), "SAM2_MODEL_SIZE": "huge"}
+    result = subprocess.run(
+        ["bash", str(REPO / "deploy_cpu.sh")], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "tiny, small, base_plus or large" in result.stderr
+    assert not record.exists()
+
+
+def test_the_staged_function_runs_under_nuclios_python_runtime(
+    tmp_path, present_checkpoint, own_redis
+):
+    """CVAT's deploy loop stages the folder; the stand-in runtime runs it there with the
+    Redis variables of an older CVAT (CVAT_REDIS_*): the startup line appears once and
+    names the store; one line per call; no line twice; no per-frame SAM 2 warning."""
+    _, _, staged = fake_nuctl(tmp_path)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    subprocess.run(
+        ["bash", "-c", CVAT_DEPLOY_LOOP, "deploy", str(SERVERLESS), "function.yaml", "CVAT_REDIS_"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    folder = staged / "0"
+    sequence = davis_sequence("dog")
+    frames = [base64.b64encode(p.read_bytes()).decode() for p in frame_paths(sequence)[:4]]
+    mask = encode_mask(ground_truth(sequence))
+    bodies = [{"image": frames[0], "shapes": [{"type": "mask", "points": mask}], "states": []}]
+    events = tmp_path / "events.jsonl"
+    socket_file = tmp_path / "socket"
+    runtime_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CVAT_")},
+        "PYTHONPATH": "",
+        "SAM2_CHECKPOINT": str(present_checkpoint),
+        "SAM2_DEVICE": "cpu",
+        "SAM2_HYDRA_OVERRIDES": f"++model.image_size={SMALL_IMAGE_SIZE}",
+        "CVAT_REDIS_HOST": "127.0.0.1",  # as an older CVAT's deploy script names it
+        "CVAT_REDIS_PORT": str(own_redis.port),
+    }
+
+    def run_events(lines: list[dict]) -> tuple[list[str], list[dict], str]:
+        events.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "tests" / "nuclio_runner.py"),
+                "--handler",
+                "main:handler",
+                "--socket-file",
+                str(socket_file),
+                "--events",
+                str(events),
+            ],
+            cwd=folder,
+            env=runtime_env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        logs, responses = [], []
+        for line in socket_file.read_text().splitlines():
+            if line.startswith("r"):
+                responses.append(json.loads(line[1:]))
+            else:
+                logs.append(json.loads(line)["message"])
+        return logs, responses, result.stdout + result.stderr
+
+    logs, responses, printed = run_events(
+        [{"content_type": "application/json", "body": json.dumps(bodies[0])}]
+    )
+    states = json.loads(responses[0]["body"])["states"]
+    lines = [
+        {"content_type": "application/json", "body": json.dumps(body)}
+        for body in (
+            {"image": frames[1], "shapes": [None], "states": states},
+            {"image": frames[1], "shapes": [None], "states": states},  # a replay
+            {"image": frames[2], "shapes": [None], "states": states},  # stale: 409
+        )
     ]
-    assert (staged / "function.yaml").read_text() == (REPO / spec).read_text()
+    logs, responses, printed = run_events(lines)
+    assert [r["status_code"] for r in responses] == [200, 200, 409]
+    assert responses[0]["body"] == responses[1]["body"]
+
+    startup = [line for line in logs if line.startswith("SAM 2 tracker ready")]
+    assert len(startup) == 1
+    assert f"(input {SMALL_IMAGE_SIZE}px) on cpu, float32, not compiled" in startup[0]
+    assert f"redis at 127.0.0.1:{own_redis.port} (from CVAT_REDIS_HOST" in startup[0]
+    assert "hole filling" in startup[0] and "limits:" in startup[0]
+    calls = [line for line in logs if line.startswith("tracked ")]
+    assert calls[0].startswith("tracked 0 started, 1 continued, 0 replayed objects on a")
+    assert calls[1].startswith("tracked 0 started, 0 continued, 1 replayed objects")
+    assert any(line.startswith("answered 409 Conflict:") for line in logs)
+    # Nothing reaches the console besides the socket: no line printed twice, and SAM 2's
+    # missing-extension warning not at all (the startup line says it instead).
+    assert printed.strip() == "", printed[-2000:]
+    assert len(logs) == len(set(logs))
