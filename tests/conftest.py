@@ -176,7 +176,9 @@ class FunctionServer:
         image_size: int = 1024,
         redis_port: int | None = None,
         extra_env: dict[str, str] | None = None,
+        script: Path | None = None,
     ) -> None:
+        self.script = script or REPO / "serve.py"  # or a test's wrapper around serve.run()
         self.port = free_port()
         self.env = {
             **os.environ,
@@ -202,7 +204,7 @@ class FunctionServer:
     def start(self, timeout: float = 120) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(REPO / "serve.py")],
+                [sys.executable, str(self.script)],
                 cwd=REPO,
                 env=self.env,
                 stdout=log,
@@ -229,15 +231,22 @@ class FunctionServer:
 
     def post(self, body: object, raw: bytes | None = None, timeout: float = 300):
         """(status, parsed JSON answer) for a JSON body (or raw bytes as the body)."""
+        status, answer = self.post_raw(body, raw, timeout)
+        return status, json.loads(answer)
+
+    def post_raw(
+        self, body: object, raw: bytes | None = None, timeout: float = 300
+    ) -> tuple[int, bytes]:
+        """(status, the answer's bytes exactly as sent)."""
         data = raw if raw is not None else json.dumps(body).encode()
         request = urllib.request.Request(
             self.url, data=data, headers={"Content-Type": "application/json"}
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, json.loads(response.read())
+                return response.status, response.read()
         except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+            return error.code, error.read()
 
 
 @pytest.fixture

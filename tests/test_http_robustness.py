@@ -146,24 +146,28 @@ def test_bad_requests_get_4xx_and_tracking_goes_on(server, frames, gt):
 
 
 def test_a_state_is_advanced_once(server, frames, gt):
+    """Two calls continuing one state onto different frames at once: one 200, one 409.
+    The same call twice is a replay: both get the same answer (tests/test_cvat_calls.py)."""
     [state] = start(server, frames[0], [{"type": "mask", "points": encode_mask(gt)}])
-    body = {"image": frames[1], "shapes": [None], "states": [state]}
-    results = []
+    bodies = [{"image": image, "shapes": [None], "states": [state]} for image in frames[1:3]]
+    results = {}
 
-    def call():
-        results.append(server.post(body))
+    def call(index):
+        results[index] = server.post_raw(bodies[index])
 
-    threads = [threading.Thread(target=call) for _ in range(2)]
+    threads = [threading.Thread(target=call, args=(index,)) for index in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(status for status, _ in results) == [200, 409]
-    conflict = next(answer for status, answer in results if status == 409)
+    assert sorted(status for status, _ in results.values()) == [200, 409]
+    winner = next(index for index, (status, _) in results.items() if status == 200)
+    conflict = json.loads(results[1 - winner][1])
     assert "already advanced" in conflict["error"]
-    assert server.post(body)[0] == 409  # a replay later is refused just the same
-    advanced = next(answer for status, answer in results if status == 200)["states"]
-    follow(server, frames[2], advanced)
+    assert server.post(bodies[1 - winner])[0] == 409  # a retry later is refused just the same
+    assert server.post_raw(bodies[winner]) == results[winner]  # the winner's replay is not
+    advanced = json.loads(results[winner][1])["states"]
+    follow(server, frames[3], advanced)
 
 
 def test_redis_going_away_gives_503_and_recovers(server, own_redis, frames, gt):
