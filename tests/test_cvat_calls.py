@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import time
 import urllib.error
@@ -30,12 +31,14 @@ from conftest import (
 from cvat_sdk.masks import encode_mask
 from model_handler import ModelHandler
 from tracker_state import CachedStateStore, RedisStateStore
+from tracker_state.config import redis_client
 from tracking.engine import BoxPrompt
 from tracking.model_loading import ModelSettings, build_tracker
 from tracking.protocol import RequestError
 from tracking.shapes import mask_to_box
 
-PANEL_SEQUENCE = "car-shadow"
+# Any DAVIS sequence can stand in (e.g. one the tests never saw, for an acceptance run).
+PANEL_SEQUENCE = os.environ.get("PANEL_SEQUENCE", "car-shadow")
 SEQUENCE = "dog"
 
 
@@ -253,7 +256,7 @@ def test_a_worker_killed_after_its_commit_does_not_break_the_track(
 @pytest.fixture
 def workers(small_model, own_redis):
     """Two in-process handlers (Nuclio workers), each with its own state cache, sharing
-    one Redis; each counts its image encoder runs."""
+    one Redis through the function's own client settings; image encoder runs counted."""
     settings = ModelSettings(device="cpu")
     tracker = build_tracker(small_model, settings)
     runs = {"encode_frame": 0}
@@ -266,7 +269,10 @@ def workers(small_model, own_redis):
     tracker.encode_frame = counting_encode
     handlers = [
         ModelHandler(
-            tracker, CachedStateStore(RedisStateStore(own_redis.client(), tracker.memory_capacity))
+            tracker,
+            CachedStateStore(
+                RedisStateStore(redis_client("127.0.0.1", own_redis.port), tracker.memory_capacity)
+            ),
         )
         for _ in range(2)
     ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tracker_state.cache import DEFAULT_CACHED_OBJECTS, CachedStateStore
 from tracker_state.stores import InMemoryStateStore, RedisStateStore, StateStore
@@ -19,6 +21,21 @@ def redis_setting(env: dict[str, str], name: str) -> tuple[str, str] | None:
         if value:
             return prefix + name, value
     return None
+
+
+def redis_client(host: str, port: int, password: str | None = None) -> redis.Redis:
+    """A client that gives up quickly: one immediate retry (a pooled connection that
+    went stale when Redis restarted), not redis-py's default of ten with growing pauses,
+    so an unreachable store is a 503 within milliseconds, not seconds."""
+    return redis.Redis(
+        host=host,
+        port=port,
+        password=password,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), retries=1),
+    )
 
 
 def store_from_env(env: dict[str, str], memory_capacity: int) -> tuple[StateStore, str]:
@@ -38,14 +55,7 @@ def store_from_env(env: dict[str, str], memory_capacity: int) -> tuple[StateStor
     host_variable, host_name = host
     port = int((redis_setting(env, "PORT") or ("", "6379"))[1])
     password = redis_setting(env, "PASSWORD")
-    client = redis.Redis(
-        host=host_name,
-        port=port,
-        password=password[1] if password else None,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
+    client = redis_client(host_name, port, password[1] if password else None)
     store: StateStore = RedisStateStore(client, memory_capacity)
     cached = int(env.get("SAM2_STATE_CACHE_OBJECTS") or DEFAULT_CACHED_OBJECTS)
     if cached > 0:
