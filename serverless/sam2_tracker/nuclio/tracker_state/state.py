@@ -23,6 +23,31 @@ SHAPE_TYPES = ("mask", "polygon", "rectangle")
 
 
 @dataclass(frozen=True)
+class MemoryView:
+    """What SAM 2's memory read looks at for one object (the parts of ``output_dict``
+    that ``_prepare_memory_conditioned_features`` reads), keyed by frame index.
+
+    Attributes:
+        cond: conditioning (prompt or keyframe) frames: frame index -> ((C_mem, h, w)
+            bfloat16 memory, (C,) float32 object pointer).
+        memories: recent non-conditioning frames -> (C_mem, h, w) bfloat16 memory.
+        obj_ptrs: recent non-conditioning frames -> (C,) float32 object pointer.
+    """
+
+    cond: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    memories: dict[int, torch.Tensor]
+    obj_ptrs: dict[int, torch.Tensor]
+
+    def signature(self) -> tuple:
+        """Views with equal signatures have the same layout and can be batched."""
+        return (
+            tuple(sorted(self.cond)),
+            tuple(sorted(self.memories)),
+            tuple(sorted(self.obj_ptrs)),
+        )
+
+
+@dataclass(frozen=True)
 class ObjectState:
     """Everything needed to continue tracking one object on its next frame.
 
@@ -78,11 +103,8 @@ class ObjectState:
         obj_ptrs[frame_index] = obj_ptr
         return replace(self, frame_index=frame_index, memories=memories, obj_ptrs=obj_ptrs)
 
-    def memory_signature(self) -> tuple:
-        """Objects with equal signatures read memory of the same shape and can be batched."""
-        return (
-            self.model_id,
-            self.frame_index,
-            tuple(sorted(self.memories)),
-            tuple(sorted(self.obj_ptrs)),
+    def memory_view(self) -> MemoryView:
+        """SAM 2's view of this object: the prompt as frame 0's conditioning output."""
+        return MemoryView(
+            {0: (self.prompt_memory, self.prompt_obj_ptr)}, self.memories, self.obj_ptrs
         )

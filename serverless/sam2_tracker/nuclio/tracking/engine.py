@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from sam2.sam2_video_predictor import SAM2VideoPredictor, SAM2VideoPredictorVOS
 from sam2.utils.misc import fill_holes_in_mask_scores
-from tracker_state.state import ObjectState
+from tracker_state.state import MemoryView, ObjectState
 
 from tracking.memory_attention import FrameSharedMemoryAttention
 
@@ -89,6 +89,15 @@ class FrameFeatures:
         }
         _, vision_feats, vision_pos_embeds, feat_sizes = model._prepare_backbone_features(expanded)
         return vision_feats, vision_pos_embeds, feat_sizes
+
+
+@dataclass(frozen=True)
+class FrameOutput:
+    """One object's SAM 2 output on a tracked (non-conditioning) frame."""
+
+    memory: torch.Tensor  # (C_mem, h, w) bfloat16, as the official predictor stores it
+    obj_ptr: torch.Tensor  # (C,) float32
+    low_res_logits: torch.Tensor  # (1, 256, 256) float32, holes filled
 
 
 @dataclass(frozen=True)
@@ -205,8 +214,7 @@ class Sam2StreamTracker:
             batch_size=1,
             frame_index=0,
             output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
-            point_inputs=point_inputs,
-            mask_inputs=mask_inputs,
+            prompt=(point_inputs, mask_inputs),
         )
         low_res = self._fill_holes(out["pred_masks"])
         # The prompt memory is encoded from the consolidated low-res logits, as
@@ -239,25 +247,48 @@ class Sam2StreamTracker:
 
     @torch.inference_mode()
     def step(self, features: FrameFeatures, states: list[ObjectState]) -> list[StepResult]:
-        """Track the next frame for every object; objects with the same memory layout go
-        through SAM 2 together, ``max_batch`` at a time. Results are in ``states`` order."""
+        """Track the next frame for every object (each state's frame index + 1); results
+        are in ``states`` order."""
+        outputs = self.track(features, [(s.memory_view(), s.frame_index + 1) for s in states])
+        return [
+            StepResult(state.advanced(out.memory, out.obj_ptr), out.low_res_logits)
+            for state, out in zip(states, outputs, strict=True)
+        ]
+
+    @torch.inference_mode()
+    def track(
+        self,
+        features: FrameFeatures,
+        objects: list[tuple[MemoryView, int]],
+        num_frames: int = STREAM_LENGTH,
+        reverse: bool = False,
+    ) -> list[FrameOutput]:
+        """SAM 2's tracking step on one frame for objects given as (memory view, frame
+        index), as ``_run_single_frame_inference`` runs it during propagation (memory
+        encoded, holes filled). Objects with the same frame index and memory layout go
+        through SAM 2 together, ``max_batch`` at a time. Results are in ``objects`` order.
+
+        ``num_frames`` is the video's length (the official predictor's
+        ``inference_state["num_frames"]``); ``reverse`` tracks backward in time."""
         layouts: dict[tuple, list[int]] = defaultdict(list)
-        for index, state in enumerate(states):
-            layouts[state.memory_signature()].append(index)
+        for index, (view, frame_index) in enumerate(objects):
+            layouts[(frame_index, view.signature())].append(index)
         batches = []
         for indices in layouts.values():
             start = 0
             for size in self.pass_sizes(len(indices)):
                 batches.append(indices[start : start + size])
                 start += size
-        results: list[StepResult | None] = [None] * len(states)
+        results: list[FrameOutput | None] = [None] * len(objects)
         vision_feats, vision_pos_embeds, _ = features.expanded(self.model, 1)
         with (
             self._autocast(),
             self._memory_attention.frame(self.model, vision_feats[-1], vision_pos_embeds[-1]),
         ):
             for indices in batches:
-                batch = self._step_batch(features, [states[i] for i in indices])
+                views = [objects[i][0] for i in indices]
+                frame_index = objects[indices[0]][1]
+                batch = self._track_batch(features, views, frame_index, num_frames, reverse)
                 for index, result in zip(indices, batch, strict=True):
                     results[index] = result
         return results  # type: ignore[return-value]
@@ -284,47 +315,61 @@ class Sam2StreamTracker:
             self._maskmem_pos_enc = [p[0:1].clone() for p in pos_enc]
         return [p.expand(batch_size, -1, -1, -1) for p in self._maskmem_pos_enc]
 
-    def _memory_bank(self, states: list[ObjectState]) -> dict:
-        """The ``output_dict`` SAM 2 reads memory from, for a batch of objects whose states
-        have the same layout: prompt frame as the conditioning output, recent frames as
-        non-conditioning outputs (pointer-only entries beyond the memory window)."""
-        batch_size = len(states)
-        pos_enc = self._maskmem_pos(batch_size)
+    def _memory_bank(self, views: list[MemoryView]) -> dict:
+        """The ``output_dict`` SAM 2 reads memory from, for a batch of objects whose views
+        have the same layout: conditioning outputs, and recent frames as non-conditioning
+        outputs (pointer-only entries beyond the memory window)."""
+        pos_enc = self._maskmem_pos(len(views))
 
         def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
             return torch.stack(tensors).to(self.device, non_blocking=True)
 
+        def stack_memories(tensors: list[torch.Tensor]) -> torch.Tensor:
+            # SAM 2 concatenates the bfloat16 memories with the float32 object pointers,
+            # which makes the memory float32. Without any pointer (a frame before every
+            # keyframe of its object) it would stay bfloat16 and break float32 linear
+            # layers (the official predictor fails there outside autocast); widening
+            # exactly beforehand gives the same numbers everywhere else.
+            return stack(tensors).float()
+
+        first = views[0]
         cond = {
-            0: {
-                "maskmem_features": stack([s.prompt_memory for s in states]),
+            t: {
+                "maskmem_features": stack_memories([v.cond[t][0] for v in views]),
                 "maskmem_pos_enc": pos_enc,
-                "obj_ptr": stack([s.prompt_obj_ptr for s in states]),
+                "obj_ptr": stack([v.cond[t][1] for v in views]),
             }
+            for t in sorted(first.cond)
         }
-        first = states[0]
         non_cond: dict[int, dict] = {}
         for t in sorted(set(first.obj_ptrs) | set(first.memories)):
-            entry: dict = {"obj_ptr": stack([s.obj_ptrs[t] for s in states])}
+            entry: dict = {"obj_ptr": stack([v.obj_ptrs[t] for v in views])}
             if t in first.memories:
-                entry["maskmem_features"] = stack([s.memories[t] for s in states])
+                entry["maskmem_features"] = stack_memories([v.memories[t] for v in views])
                 entry["maskmem_pos_enc"] = pos_enc
             non_cond[t] = entry
         return {"cond_frame_outputs": cond, "non_cond_frame_outputs": non_cond}
 
-    def _step_batch(self, features: FrameFeatures, states: list[ObjectState]) -> list[StepResult]:
+    def _track_batch(
+        self,
+        features: FrameFeatures,
+        views: list[MemoryView],
+        frame_index: int,
+        num_frames: int,
+        reverse: bool,
+    ) -> list[FrameOutput]:
         out, _, _ = self._track_step(
             features,
-            batch_size=len(states),
-            frame_index=states[0].frame_index + 1,
-            output_dict=self._memory_bank(states),
+            batch_size=len(views),
+            frame_index=frame_index,
+            output_dict=self._memory_bank(views),
+            num_frames=num_frames,
+            reverse=reverse,
         )
         memories = out["maskmem_features"].to(torch.bfloat16)
         low_res = self._fill_holes(out["pred_masks"])
         obj_ptrs = out["obj_ptr"].float()
-        return [
-            StepResult(state.advanced(memories[i], obj_ptrs[i]), low_res[i])
-            for i, state in enumerate(states)
-        ]
+        return [FrameOutput(memories[i], obj_ptrs[i], low_res[i]) for i in range(len(views))]
 
     def warm_up(self, frame_size: tuple[int, int] = (1080, 1920), frames: int = 8) -> None:
         """Run synthetic tracks so compiled kernels are built before the first call: both
@@ -356,13 +401,16 @@ class Sam2StreamTracker:
         batch_size: int,
         frame_index: int,
         output_dict: dict,
-        point_inputs: dict | None = None,
-        mask_inputs: torch.Tensor | None = None,
+        prompt: tuple[dict | None, torch.Tensor | None] | None = None,
+        num_frames: int = STREAM_LENGTH,
+        reverse: bool = False,
     ):
-        """SAM 2's ``track_step`` for a batch: the prompt frame (frame 0, a prompt, memory
-        encoded later from the consolidated logits) or a later frame (memory encoded now).
-        Returns (outputs, vision_feats, feat_sizes)."""
-        is_prompt = frame_index == 0
+        """SAM 2's ``track_step`` for a batch: a prompt frame (``prompt`` = (point_inputs,
+        mask_inputs); no memory read, memory encoded later from the consolidated logits)
+        or a tracked frame (memory read and encoded now). Returns (outputs, vision_feats,
+        feat_sizes)."""
+        is_prompt = prompt is not None
+        point_inputs, mask_inputs = prompt if is_prompt else (None, None)
         vision_feats, vision_pos_embeds, feat_sizes = features.expanded(self.model, batch_size)
         out = self.model.track_step(
             frame_idx=frame_index,
@@ -373,7 +421,8 @@ class Sam2StreamTracker:
             point_inputs=point_inputs,
             mask_inputs=mask_inputs,
             output_dict=output_dict,
-            num_frames=STREAM_LENGTH,
+            num_frames=num_frames,
+            track_in_reverse=reverse,
             run_mem_encoder=not is_prompt,
         )
         return out, vision_feats, feat_sizes
