@@ -112,12 +112,12 @@ def test_capped_conditioning_frames_equal_sam2s_own_cap(small_model, folder):
     sequence = davis_sequence(SEQUENCE)
     objects = [[mask_keyframe(sequence, f) for f in (0, 4, 8)]]
     previous = small_model.max_cond_frames_in_attn
-    small_model.max_cond_frames_in_attn = 1
+    small_model.max_cond_frames_in_attn = 2
     try:
         expected = official(small_model, folder, objects, "forward")
     finally:
         small_model.max_cond_frames_in_attn = previous
-    got = ours(small_model, folder, objects, "forward", max_cond_frames=1)
+    got = ours(small_model, folder, objects, "forward", max_cond_frames=2)
     uncapped = ours(small_model, folder, objects, "forward")
     assert small_model.max_cond_frames_in_attn == previous
     for index in expected:
@@ -137,3 +137,5 @@ def test_bad_keyframes_are_refused(small_model, folder):
             list(tracker.track(frames, objects))
     with pytest.raises(VideoError, match="direction"):
         list(tracker.track(frames, [[Keyframe(0, mask)]], "sideways"))
+    with pytest.raises(VideoError, match="at least 2"):
+        list(tracker.track(frames, [[Keyframe(0, mask)]], max_cond_frames=1))

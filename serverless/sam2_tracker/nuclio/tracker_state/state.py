@@ -28,8 +28,8 @@ class MemoryView:
     that ``_prepare_memory_conditioned_features`` reads), keyed by frame index.
 
     Attributes:
-        cond: conditioning (prompt or keyframe) frames: frame index -> ((C_mem, h, w)
-            bfloat16 memory, (C,) float32 object pointer).
+        cond: conditioning (prompt or keyframe) frames, in the order they were added:
+            frame index -> ((C_mem, h, w) bfloat16 memory, (C,) float32 object pointer).
         memories: recent non-conditioning frames -> (C_mem, h, w) bfloat16 memory.
         obj_ptrs: recent non-conditioning frames -> (C,) float32 object pointer.
     """
@@ -39,9 +39,10 @@ class MemoryView:
     obj_ptrs: dict[int, torch.Tensor]
 
     def signature(self) -> tuple:
-        """Views with equal signatures have the same layout and can be batched."""
+        """Views with equal signatures have the same layout and can be batched (the
+        conditioning frames in their order, which SAM 2's concatenation keeps)."""
         return (
-            tuple(sorted(self.cond)),
+            tuple(self.cond),
             tuple(sorted(self.memories)),
             tuple(sorted(self.obj_ptrs)),
         )

@@ -339,7 +339,9 @@ class Sam2StreamTracker:
                 "maskmem_pos_enc": pos_enc,
                 "obj_ptr": stack([v.cond[t][1] for v in views]),
             }
-            for t in sorted(first.cond)
+            # In the view's order: SAM 2 concatenates the conditioning memories in the
+            # order they were added, and the order moves the float sums.
+            for t in first.cond
         }
         non_cond: dict[int, dict] = {}
         for t in sorted(set(first.obj_ptrs) | set(first.memories)):

@@ -214,11 +214,19 @@ class KeyframeVideoTracker:
     ) -> Iterator[TrackedFrame]:
         """Yield every object's logits frame by frame, in processing order. With
         ``both``, the first keyframe comes twice (forward, then backward: later wins, as
-        when collecting the official predictor's outputs)."""
+        when collecting the official predictor's outputs). Each object's keyframes are
+        taken in the order given: the official predictor's results equal these when its
+        ``add_new_mask`` calls come in the same order (the order moves float sums only,
+        by about 1e-7)."""
         if direction not in DIRECTIONS:
             raise VideoError(f"direction must be one of {', '.join(DIRECTIONS)}")
         if not objects or any(not keyframes for keyframes in objects):
             raise VideoError("every object needs at least one keyframe")
+        if max_cond_frames is not None and max_cond_frames < 2:
+            raise VideoError(
+                "max_cond_frames must be at least 2 (SAM 2 reads the closest "
+                "keyframe before and after a frame)"
+            )
         num_frames = len(frames)
         for keyframes in objects:
             for keyframe in keyframes:
@@ -274,6 +282,10 @@ class KeyframeVideoTracker:
                 memories[obj].keyframes[frame_index] = _KeyframeOutput(
                     result.state.prompt_memory, result.state.prompt_obj_ptr, result.low_res_logits
                 )
+        for memory, keyframes in zip(memories, objects, strict=True):
+            # In the order given, as the official predictor keeps keyframes in the order
+            # they were added (SAM 2 concatenates their memories in that order).
+            memory.keyframes = {k.frame_index: memory.keyframes[k.frame_index] for k in keyframes}
         return frame_size
 
     def _features(self, frames: FrameSource, frame_index: int):
