@@ -67,6 +67,11 @@ class CvatVideoXml:
             return None
         return int(size.findtext("height")), int(size.findtext("width"))
 
+    def start_frame(self) -> int:
+        """The frame number of a job export's first frame (0 for a task export)."""
+        value = self.root.findtext("meta/job/start_frame")
+        return int(value) if value else 0
+
     def read(self) -> tuple[list[Shape], list[Track]]:
         """Mask tracks of one visible shape as shapes (as CVAT imports them); every
         other track as a track."""

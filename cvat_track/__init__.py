@@ -1,0 +1,1 @@
+"""sam2-cvat-track: track a whole CVAT job from its keyframes (see cli.py)."""

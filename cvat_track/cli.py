@@ -1,0 +1,164 @@
+"""``sam2-cvat-track``: track a whole CVAT job from its keyframes with SAM 2.
+
+Two ways in:
+
+* files: frames (a folder of images or a video file) and a CVAT for video 1.1 XML
+  export; writes a new XML that CVAT imports;
+* a CVAT server (``--server``): reads a task's or job's shapes and frames with
+  cvat-sdk and writes the results back into it.
+
+The model is configured like the Nuclio function (``SAM2_MODEL_CFG``,
+``SAM2_CHECKPOINT``, ``SAM2_DEVICE``, ``SAM2_PRECISION``, ``SAM2_COMPILE``, ...); the
+flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+from tracking.model_loading import ModelSettings, ModelSetupError, build_tracker, load_sam2
+from tracking.video import DIRECTIONS, VideoError, open_frames
+
+from cvat_track.cvat_xml import CvatVideoXml, XmlError
+from cvat_track.run import RunError, RunResult, track_job
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sam2-cvat-track",
+        description=(
+            "Track every object of a CVAT job through its frames with SAM 2, from the "
+            "shapes people drew (keyframes), and write the results back as CVAT "
+            "annotations. See the README section 'Tracking from keyframes' for which "
+            "shapes make one object."
+        ),
+    )
+    files = parser.add_argument_group("files (CVAT for video 1.1 XML)")
+    files.add_argument("--frames", type=Path, help="folder of frame images, or a video file")
+    files.add_argument("--annotations", type=Path, help="CVAT for video 1.1 XML to read")
+    files.add_argument("--output", type=Path, help="XML to write (the input is left alone)")
+    files.add_argument(
+        "--first-frame",
+        type=int,
+        default=None,
+        help="annotation frame number of the first image (default: the XML's start_frame, or 0)",
+    )
+    tracking = parser.add_argument_group("tracking")
+    tracking.add_argument(
+        "--direction",
+        choices=DIRECTIONS,
+        default="forward",
+        help="forward from the first keyframe (default); backward from the last; both: "
+        "forward, then frames before the first keyframe backward",
+    )
+    tracking.add_argument(
+        "--labels", help="comma-separated label names to track (default: every label)"
+    )
+    tracking.add_argument(
+        "--max-cond-frames",
+        type=int,
+        default=None,
+        help="condition each frame on the N closest keyframes only (N >= 2; default: all, "
+        "SAM 2's default)",
+    )
+    tracking.add_argument(
+        "--dry-run", action="store_true", help="track and report, but write nothing"
+    )
+    model = parser.add_argument_group("model (defaults from the SAM2_* environment)")
+    model.add_argument("--model-cfg", help="SAM 2 config, e.g. configs/sam2.1/sam2.1_hiera_l.yaml")
+    model.add_argument("--checkpoint", help="checkpoint file (default: download the official)")
+    model.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
+    model.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        help="default: bfloat16 on CUDA, float32 (exact) on CPU",
+    )
+    args = parser.parse_args(argv)
+    if not (args.frames and args.annotations and (args.output or args.dry_run)):
+        parser.error("give --frames, --annotations and --output (or --dry-run)")
+    return args
+
+
+def model_settings(args: argparse.Namespace, env: dict[str, str]) -> ModelSettings:
+    settings = ModelSettings.from_env(env)
+    overrides = {
+        "config": args.model_cfg,
+        "checkpoint": args.checkpoint,
+        "device": args.device,
+        "precision": args.precision,
+    }
+    return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v})
+
+
+def summary(result: RunResult, written: str) -> str:
+    plan = result.plan
+    track_shapes = sum(len(t.shapes) for t in result.new_tracks)
+    rate = result.frames_processed / result.seconds if result.seconds else 0.0
+    return (
+        f"tracked {len(plan.objects)} objects over {result.frames_processed} frames in "
+        f"{result.seconds:.1f} s ({rate:.2f} frames/s)\n"
+        f"{written}: {len(result.new_shapes)} mask shapes, {len(result.new_tracks)} tracks "
+        f"({track_shapes} track shapes); replacing {len(plan.replaced_shapes)} earlier auto "
+        f"shapes and {len(plan.replaced_tracks)} auto tracks; "
+        f"{len(plan.regrouped)} of people's shapes/tracks given a group id"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    env = dict(os.environ)
+    labels = {name.strip() for name in args.labels.split(",")} if args.labels else None
+    try:
+        document = CvatVideoXml(args.annotations)
+        shapes, tracks = document.read()
+        frames = open_frames(args.frames)
+        first_frame = args.first_frame
+        if first_frame is None:
+            first_frame = document.start_frame()
+        size = document.frame_size()
+        image = frames.read(0)
+        if size is not None and size != (image.height, image.width):
+            raise RunError(
+                f"the frames are {image.width}x{image.height} but the annotations are for "
+                f"{size[1]}x{size[0]}"
+            )
+        settings = model_settings(args, env)
+        tracker = build_tracker(load_sam2(settings, env), settings)
+        with tqdm(desc="tracking", unit="frame", dynamic_ncols=True) as bar:
+
+            def on_frame(done: int, total: int, objects: int) -> None:
+                if bar.total != total:
+                    bar.total = total
+                    bar.set_postfix(objects=objects)
+                bar.update(done - bar.n)
+
+            result = track_job(
+                tracker,
+                frames,
+                shapes,
+                tracks,
+                args.direction,
+                labels,
+                args.max_cond_frames,
+                first_frame,
+                on_frame,
+            )
+    except (XmlError, RunError, VideoError, ModelSetupError) as error:
+        print(f"sam2-cvat-track: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(summary(result, "would write"))
+        return 0
+    document.apply(result.plan, result.new_shapes, result.new_tracks)
+    document.write(args.output)
+    print(summary(result, f"wrote {args.output}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""``sam2-cvat-track`` on files: a CVAT for video 1.1 XML (written as CVAT exports it)
+and a folder of DAVIS frames in, an XML out whose masks decode back to the tracked
+masks; people's shapes untouched; re-runs replace their own output; memory stays flat
+on a long video."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import davis_sequence, frame_folder, ground_truth
+from cvat_sdk.masks import decode_mask, encode_mask
+from tracking.engine import MaskPrompt, Sam2StreamTracker
+from tracking.shapes import mask_to_box
+from tracking.video import FolderFrames, Keyframe, KeyframeVideoTracker
+
+SEQUENCE = "dog"
+NUM_FRAMES = 12
+IMAGE_SIZE = 256  # the point here is the tool's logic; tests/test_video.py checks SAM 2
+
+
+def mask_element(frame: int, mask: np.ndarray, outside: bool = False) -> str:
+    *runs, left, top, right, bottom = (int(v) for v in encode_mask(mask))
+    return (
+        f'<mask frame="{frame}" keyframe="1" outside="{int(outside)}" occluded="0" '
+        f'rle="{", ".join(map(str, runs))}" left="{left}" top="{top}" '
+        f'width="{right - left + 1}" height="{bottom - top + 1}" z_order="0"></mask>'
+    )
+
+
+def cvat_xml(size: tuple[int, int], frames: int, tracks: list[str]) -> str:
+    """Annotations as CVAT exports a job in CVAT for video 1.1."""
+    height, width = size
+    return f"""<?xml version="1.0" encoding="utf-8"?>
+<annotations>
+  <version>1.1</version>
+  <meta>
+    <job>
+      <id>7</id>
+      <size>{frames}</size>
+      <mode>interpolation</mode>
+      <overlap>5</overlap>
+      <start_frame>0</start_frame>
+      <stop_frame>{frames - 1}</stop_frame>
+      <labels>
+        <label><name>dog</name><color>#fa3253</color><type>any</type><attributes/></label>
+        <label><name>tree</name><color>#33ddff</color><type>any</type><attributes/></label>
+      </labels>
+    </job>
+    <original_size><width>{width}</width><height>{height}</height></original_size>
+  </meta>
+  {"".join(tracks)}
+</annotations>
+"""
+
+
+def run_cli(*args: str, checkpoint: Path, env_extra: dict | None = None):
+    env = {
+        **os.environ,
+        "SAM2_CHECKPOINT": str(checkpoint),
+        "SAM2_DEVICE": "cpu",
+        "SAM2_HYDRA_OVERRIDES": f"++model.image_size={IMAGE_SIZE}",
+        **(env_extra or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "cvat_track.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def tracks_of(path: Path) -> list[ET.Element]:
+    return ET.parse(path).getroot().findall("track")
+
+
+def canonical(track: ET.Element) -> str:
+    element = ET.fromstring(ET.tostring(track))
+    element.attrib.pop("id", None)
+    return ET.tostring(element, encoding="unicode").replace("\n", "").replace(" ", "")
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, present_checkpoint):
+    """A job: 'dog' drawn as masks on frames 0 and 6 (group 3, manual, exported with the
+    closing outside element as CVAT does), 'dog' as a rectangle track from frame 2
+    (no group), and another tool's auto rectangle of 'tree' that must stay as it is."""
+    sequence = davis_sequence(SEQUENCE)
+    root = tmp_path_factory.mktemp("job")
+    frames = frame_folder(sequence, NUM_FRAMES, root)
+    size = ground_truth(sequence).shape
+    tracks = [
+        f'<track id="{i}" label="dog" source="manual" group_id="3">'
+        f"{mask_element(f, ground_truth(sequence, f))}"
+        f"{mask_element(f + 1, ground_truth(sequence, f), outside=True)}</track>"
+        for i, f in enumerate((0, 6))
+    ]
+    box = mask_to_box(ground_truth(sequence, 2))
+    tracks.append(
+        '<track id="2" label="dog" source="manual">'
+        f'<box frame="2" keyframe="1" outside="0" occluded="0" xtl="{box[0]:.2f}" '
+        f'ytl="{box[1]:.2f}" xbr="{box[2]:.2f}" ybr="{box[3]:.2f}" z_order="0"></box></track>'
+    )
+    tracks.append(
+        '<track id="3" label="tree" source="auto" group_id="3">'
+        '<box frame="1" keyframe="1" outside="0" occluded="0" xtl="1.00" ytl="2.00" '
+        'xbr="30.00" ybr="40.00" z_order="0"></box></track>'
+    )
+    annotations = root / "in.xml"
+    annotations.write_text(cvat_xml(size, NUM_FRAMES, tracks))
+    output = root / "out.xml"
+    result = run_cli(
+        "--frames",
+        str(frames),
+        "--annotations",
+        str(annotations),
+        "--output",
+        str(output),
+        checkpoint=present_checkpoint,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sequence, frames, annotations, output, result
+
+
+def test_masks_decode_back_to_the_tracked_masks(job, present_checkpoint):
+    sequence, frames, _, output, result = job
+    assert "tracked 2 objects over 12 frames" in result.stdout
+    from conftest import build_model
+
+    model, _ = build_model(present_checkpoint, IMAGE_SIZE)
+    tracker = Sam2StreamTracker(model, "test")
+    keyframes = [
+        Keyframe(f, MaskPrompt(torch.from_numpy(ground_truth(sequence, f)))) for f in (0, 6)
+    ]
+    expected = {}
+    for tracked in KeyframeVideoTracker(tracker).track(FolderFrames(frames), [keyframes]):
+        logits = tracker.upsample(tracked.low_res_logits[0][None], tracked.frame_size)
+        expected[tracked.frame_index] = (logits[0, 0] > 0).numpy()
+
+    height, width = ground_truth(sequence).shape
+    written = {}
+    for track in tracks_of(output):
+        if track.get("source") != "auto" or track.get("label") != "dog":
+            continue
+        [element] = [e for e in track if e.tag == "mask"] or [None]
+        if element is None:
+            continue
+        assert track.get("group_id") == "3"
+        left, top = int(element.get("left")), int(element.get("top"))
+        points = [int(v) for v in element.get("rle").split(",")]
+        points += [
+            left,
+            top,
+            left + int(element.get("width")) - 1,
+            top + int(element.get("height")) - 1,
+        ]
+        written[int(element.get("frame"))] = decode_mask(
+            points, image_width=width, image_height=height
+        )
+    assert sorted(written) == [f for f in range(NUM_FRAMES) if f not in (0, 6)]
+    for frame, mask in written.items():
+        assert 0.01 < mask.mean() < 0.99, f"frame {frame}: trivial mask"
+        assert np.array_equal(mask, expected[frame]), f"frame {frame}"
+
+
+def test_rectangles_become_one_auto_track_and_peoples_tracks_stay(job):
+    _, _, annotations, output, _ = job
+    before = {t.get("id"): t for t in tracks_of(annotations)}
+    after = tracks_of(output)
+    kept = [t for t in after if t.get("id") in before]
+    assert len(kept) == len(before)
+    rectangle_group = next(t.get("group_id") for t in kept if t.get("id") == "2")
+    for track in kept:
+        original = before[track.get("id")]
+        if original.get("group_id") is None:  # the ungrouped rectangle gets a group id
+            assert int(track.get("group_id")) > 3
+            track.attrib.pop("group_id")
+        assert canonical(track) == canonical(original)
+    [auto_boxes] = [
+        t for t in after if t.get("source") == "auto" and t.get("group_id") == rectangle_group
+    ]
+    frames = [int(b.get("frame")) for b in auto_boxes.findall("box")]
+    # As SAM 2's predictor does, the run starts at the first keyframe of any object (the
+    # masks' frame 0): the rectangle is tracked from there, conditioned on its keyframe.
+    assert frames == list(range(NUM_FRAMES))
+    assert all(b.get("keyframe") == "1" for b in auto_boxes.findall("box"))
+
+
+def test_a_rerun_replaces_its_own_output_only(job, present_checkpoint, tmp_path):
+    _, frames, _, output, _ = job
+    again = tmp_path / "again.xml"
+    result = run_cli(
+        "--frames",
+        str(frames),
+        "--annotations",
+        str(output),
+        "--output",
+        str(again),
+        checkpoint=present_checkpoint,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "replacing 10 earlier auto shapes and 1 auto tracks" in result.stdout
+    assert sorted(map(canonical, tracks_of(again))) == sorted(map(canonical, tracks_of(output)))
+
+
+def test_clear_errors(job, present_checkpoint, tmp_path):
+    frames = job[1]
+    empty = tmp_path / "empty.xml"
+    empty.write_text(cvat_xml((480, 854), NUM_FRAMES, []))
+    wrong_size = tmp_path / "wrong.xml"
+    wrong_size.write_text(cvat_xml((100, 100), NUM_FRAMES, []))
+    for xml, message in [
+        (empty, "no keyframes found"),
+        (wrong_size, "the frames are 854x480 but the annotations are for 100x100"),
+    ]:
+        result = run_cli(
+            "--frames",
+            str(frames),
+            "--annotations",
+            str(xml),
+            "--dry-run",
+            checkpoint=present_checkpoint,
+        )
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def synthetic_video(path: Path, frames: int) -> np.ndarray:
+    """A square drifting over noise, 160x120, as an MP4; returns frame 0's square mask."""
+    rng = np.random.default_rng(0)
+    background = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (160, 120))
+    for index in range(frames):
+        frame = background.copy()
+        x = 20 + (index % 60)
+        frame[40:80, x : x + 40] = (255, 200, 0)
+        writer.write(frame)
+    writer.release()
+    mask = np.zeros((120, 160), bool)
+    mask[40:80, 20:60] = True
+    return mask
+
+
+def peak_rss_kib(*args: str, checkpoint: Path) -> int:
+    env = {
+        **os.environ,
+        "SAM2_CHECKPOINT": str(checkpoint),
+        "SAM2_DEVICE": "cpu",
+        "SAM2_HYDRA_OVERRIDES": f"++model.image_size={IMAGE_SIZE}",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cvat_track.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.returncode == 0
+    return usage.ru_maxrss
+
+
+def test_peak_memory_is_flat_in_video_length(tmp_path, present_checkpoint):
+    """A 40- and a 240-frame video file: the tool's peak memory is the same within 10%
+    (frames are decoded one at a time; memory per object is bounded)."""
+    peaks = {}
+    for frames in (40, 240):
+        video = tmp_path / f"video-{frames}.mp4"
+        mask = synthetic_video(video, frames)
+        annotations = tmp_path / f"in-{frames}.xml"
+        annotations.write_text(
+            cvat_xml(
+                mask.shape,
+                frames,
+                [f'<track id="0" label="dog" source="manual">{mask_element(0, mask)}</track>'],
+            )
+        )
+        peaks[frames] = peak_rss_kib(
+            "--frames",
+            str(video),
+            "--annotations",
+            str(annotations),
+            "--output",
+            str(tmp_path / f"out-{frames}.xml"),
+            checkpoint=present_checkpoint,
+        )
+    print("peak RSS (KiB):", peaks)
+    assert peaks[240] <= peaks[40] * 1.10
