@@ -61,17 +61,20 @@ def cvat_xml(size: tuple[int, int], frames: int, tracks: list[str]) -> str:
 """
 
 
-def run_cli(*args: str, checkpoint: Path, env_extra: dict | None = None):
-    env = {
+def cli_env(checkpoint: Path) -> dict[str, str]:
+    """The tool's environment: the test checkpoint on CPU at the small input size."""
+    return {
         **os.environ,
         "SAM2_CHECKPOINT": str(checkpoint),
         "SAM2_DEVICE": "cpu",
         "SAM2_HYDRA_OVERRIDES": f"++model.image_size={IMAGE_SIZE}",
-        **(env_extra or {}),
     }
+
+
+def run_cli(*args: str, checkpoint: Path):
     return subprocess.run(
         [sys.executable, "-m", "cvat_track.cli", *args],
-        env=env,
+        env=cli_env(checkpoint),
         capture_output=True,
         text=True,
         timeout=900,
@@ -249,15 +252,9 @@ def synthetic_video(path: Path, frames: int) -> np.ndarray:
 
 
 def peak_rss_kib(*args: str, checkpoint: Path) -> int:
-    env = {
-        **os.environ,
-        "SAM2_CHECKPOINT": str(checkpoint),
-        "SAM2_DEVICE": "cpu",
-        "SAM2_HYDRA_OVERRIDES": f"++model.image_size={IMAGE_SIZE}",
-    }
     process = subprocess.Popen(
         [sys.executable, "-m", "cvat_track.cli", *args],
-        env=env,
+        env=cli_env(checkpoint),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
