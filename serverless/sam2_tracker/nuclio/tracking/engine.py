@@ -2,9 +2,12 @@
 
 The engine runs SAM 2's own modules (``SAM2Base.forward_image`` and ``track_step``,
 ``_encode_new_memory``) on one frame at a time. For each object it rebuilds the
-small ``output_dict`` SAM 2's memory read looks at (the prompt frame, 6 recent
-memories, 15 recent object pointers: see ``tracker_state.state``) and feeds it
-to ``track_step`` so the computation is the official predictor's, step for step:
+small ``output_dict`` SAM 2's memory read looks at (a ``MemoryView``: conditioning
+frames, 6 recent memories, 15 recent object pointers; see ``tracker_state.state``) and
+feeds it to ``track_step`` so the computation is the official predictor's, step for
+step. ``Sam2StreamTracker.step`` serves CVAT's frame-by-frame calls (the prompt as
+frame 0); ``track`` serves any view at any frame index, forward or backward, which the
+keyframe video tracker (``tracking.video``) uses:
 
 * prompt frame: ``track_step`` with the mask or box prompt and no memory encoding,
   hole filling of the low-res logits, then the prompt memory encoded from those
