@@ -22,8 +22,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 from tracking.model_loading import ModelSettings, ModelSetupError, build_tracker, load_sam2
+from tracking.shapes import ShapeError
 from tracking.video import DIRECTIONS, VideoError, open_frames
 
+from cvat_track.cvat_server import ServerError, connect, open_job
 from cvat_track.cvat_xml import CvatVideoXml, XmlError
 from cvat_track.run import RunError, RunResult, track_job
 
@@ -37,6 +39,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "annotations. See the README section 'Tracking from keyframes' for which "
             "shapes make one object."
         ),
+    )
+    server = parser.add_argument_group("a CVAT server (through cvat-sdk)")
+    server.add_argument("--server", help="CVAT's URL, e.g. http://localhost:8080")
+    server.add_argument(
+        "--auth",
+        default=None,
+        help="user:password, or a personal access token (default: $CVAT_AUTH)",
+    )
+    which = server.add_mutually_exclusive_group()
+    which.add_argument("--task", type=int, help="task id")
+    which.add_argument("--job", type=int, help="job id")
+    server.add_argument(
+        "--frame-range", help="FIRST:LAST, frame numbers to track within the task or job"
     )
     files = parser.add_argument_group("files (CVAT for video 1.1 XML)")
     files.add_argument("--frames", type=Path, help="folder of frame images, or a video file")
@@ -60,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--labels", help="comma-separated label names to track (default: every label)"
     )
     tracking.add_argument(
+        "--groups", help="comma-separated group ids: track only these objects (default: all)"
+    )
+    tracking.add_argument(
         "--max-cond-frames",
         type=int,
         default=None,
@@ -79,8 +97,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="default: bfloat16 on CUDA, float32 (exact) on CPU",
     )
     args = parser.parse_args(argv)
-    if not (args.frames and args.annotations and (args.output or args.dry_run)):
-        parser.error("give --frames, --annotations and --output (or --dry-run)")
+    if args.server:
+        args.auth = args.auth or os.environ.get("CVAT_AUTH")
+        if not args.auth or not (args.task or args.job):
+            parser.error("with --server give --auth (or $CVAT_AUTH) and --task or --job")
+        if args.frames or args.annotations or args.output:
+            parser.error("--server reads and writes the server: no --frames/--annotations/--output")
+    elif not (args.frames and args.annotations and (args.output or args.dry_run)):
+        parser.error("give --server, or --frames, --annotations and --output (or --dry-run)")
+    if args.frame_range:
+        try:
+            first, last = (int(v) for v in args.frame_range.split(":"))
+        except ValueError:
+            parser.error("--frame-range must be FIRST:LAST, e.g. 0:99")
+        args.frame_range = (first, last)
     return args
 
 
@@ -109,54 +139,83 @@ def summary(result: RunResult, written: str) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    env = dict(os.environ)
+def track_with_progress(tracker, frames, shapes, tracks, args, first_frame) -> RunResult:
     labels = {name.strip() for name in args.labels.split(",")} if args.labels else None
-    try:
-        document = CvatVideoXml(args.annotations)
-        shapes, tracks = document.read()
-        frames = open_frames(args.frames)
-        first_frame = args.first_frame
-        if first_frame is None:
-            first_frame = document.start_frame()
-        size = document.frame_size()
-        image = frames.read(0)
-        if size is not None and size != (image.height, image.width):
-            raise RunError(
-                f"the frames are {image.width}x{image.height} but the annotations are for "
-                f"{size[1]}x{size[0]}"
-            )
-        settings = model_settings(args, env)
-        tracker = build_tracker(load_sam2(settings, env), settings)
-        with tqdm(desc="tracking", unit="frame", dynamic_ncols=True) as bar:
+    groups = {int(g) for g in args.groups.split(",")} if args.groups else None
+    with tqdm(desc="tracking", unit="frame", dynamic_ncols=True) as bar:
 
-            def on_frame(done: int, total: int, objects: int) -> None:
-                if bar.total != total:
-                    bar.total = total
-                    bar.set_postfix(objects=objects)
-                bar.update(done - bar.n)
+        def on_frame(done: int, total: int, objects: int) -> None:
+            if bar.total != total:
+                bar.total = total
+                bar.set_postfix(objects=objects)
+            bar.update(done - bar.n)
 
-            result = track_job(
-                tracker,
-                frames,
-                shapes,
-                tracks,
-                args.direction,
-                labels,
-                args.max_cond_frames,
-                first_frame,
-                on_frame,
-            )
-    except (XmlError, RunError, VideoError, ModelSetupError) as error:
-        print(f"sam2-cvat-track: {error}", file=sys.stderr)
-        return 2
+        return track_job(
+            tracker,
+            frames,
+            shapes,
+            tracks,
+            args.direction,
+            labels,
+            args.max_cond_frames,
+            first_frame,
+            on_frame,
+            groups,
+        )
+
+
+def load_tracker(args: argparse.Namespace):
+    env = dict(os.environ)
+    settings = model_settings(args, env)
+    return build_tracker(load_sam2(settings, env), settings)
+
+
+def from_files(args: argparse.Namespace) -> str:
+    document = CvatVideoXml(args.annotations)
+    shapes, tracks = document.read()
+    frames = open_frames(args.frames)
+    first_frame = document.start_frame() if args.first_frame is None else args.first_frame
+    size = document.frame_size()
+    image = frames.read(0)
+    if size is not None and size != (image.height, image.width):
+        raise RunError(
+            f"the frames are {image.width}x{image.height} but the annotations are for "
+            f"{size[1]}x{size[0]}"
+        )
+    result = track_with_progress(load_tracker(args), frames, shapes, tracks, args, first_frame)
     if args.dry_run:
-        print(summary(result, "would write"))
-        return 0
+        return summary(result, "would write")
     document.apply(result.plan, result.new_shapes, result.new_tracks)
     document.write(args.output)
-    print(summary(result, f"wrote {args.output}"))
+    return summary(result, f"wrote {args.output}")
+
+
+def from_server(args: argparse.Namespace) -> str:
+    client = connect(args.server, args.auth)
+    job = open_job(client, args.task, args.job, args.frame_range)
+    shapes, tracks = job.read()
+    image = job.frames.read(0)
+    if (image.height, image.width) != job.frame_size:
+        raise RunError(
+            f"{job.name}: frame {job.first_frame} is {image.width}x{image.height}, the task "
+            f"says {job.frame_size[1]}x{job.frame_size[0]}"
+        )
+    result = track_with_progress(
+        load_tracker(args), job.frames, shapes, tracks, args, job.first_frame
+    )
+    if args.dry_run:
+        return summary(result, f"would write to {job.name}")
+    job.write(result.plan, result.new_shapes, result.new_tracks)
+    return summary(result, f"wrote to {job.name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        print(from_server(args) if args.server else from_files(args))
+    except (XmlError, RunError, VideoError, ModelSetupError, ServerError, ShapeError) as error:
+        print(f"sam2-cvat-track: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

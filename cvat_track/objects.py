@@ -102,9 +102,10 @@ def plan_objects(
     tracks: list[Track],
     frame_size: tuple[int, int],
     labels: set[str] | None = None,
+    groups: set[int] | None = None,
 ) -> Plan:
     """Objects (in a stable order: tracks, then shape groups by first frame) and the
-    earlier output they replace. ``labels`` limits the run to those labels."""
+    earlier output they replace. ``labels`` and ``groups`` limit the run to those."""
     height, width = frame_size
     wanted = (lambda label: label in labels) if labels else (lambda label: True)
     used_groups = {s.group for s in shapes} | {t.group for t in tracks}

@@ -58,6 +58,7 @@ def track_job(
     max_cond_frames: int | None = None,
     first_frame: int = 0,
     on_frame: Callable[[int, int, int], None] | None = None,
+    groups: set[int] | None = None,
 ) -> RunResult:
     """Track every object of the job; ``first_frame`` is the annotation frame number of
     ``frames[0]``; ``on_frame(frames done, frames in all, objects)`` reports progress."""
@@ -65,11 +66,11 @@ def track_job(
     first_image = frames.read(0)
     frame_size = (first_image.height, first_image.width)
     num_frames = len(frames)
-    plan = plan_objects(shapes, tracks, frame_size, labels)
+    plan = plan_objects(shapes, tracks, frame_size, labels, groups)
     if not plan.objects:
         raise RunError(
             "no keyframes found: draw the object (mask, polygon or rectangle) on at least "
-            "one frame, or check --labels"
+            "one frame, or check --labels / --groups"
         )
     objects = []
     for obj in plan.objects:

@@ -1,0 +1,335 @@
+"""A small CVAT server for tests: the part of CVAT's REST API that cvat-sdk uses to read a
+task's or job's frames and annotations and to write annotations back.
+
+A real CVAT server cannot run in CI. This one answers as CVAT 2.x does, in the shapes
+and status codes of its API (the cvat-sdk models that parse them are the check):
+``GET /api/server/about``; ``POST /api/auth/login`` (session and CSRF cookies; unsafe
+requests with a session must echo the CSRF token in ``X-CSRFToken``) or ``Authorization:
+Bearer <personal access token>``; ``GET /api/tasks/{id}``, ``/api/jobs/{id}``;
+``GET /api/labels?task_id=|job_id=`` (paginated); ``GET .../data/meta``; ``GET
+.../data?type=frame&number=N&quality=original`` (task-relative frame numbers; a job
+serves only its own); ``GET .../annotations/`` and ``PATCH .../annotations/?action=
+create|update|delete``. 401 without credentials, 404 ``{"detail": "Not found."}``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import secrets
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from PIL import Image
+
+JSON = "application/vnd.cvat+json"
+
+
+@dataclass
+class FakeCvat:
+    """One task (id 1) of ``frames`` images, split into jobs of ``job_size`` frames."""
+
+    frames: list[Path]
+    labels: list[str]
+    job_size: int
+    user: str = "annotator"
+    password: str = "secret-password"
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    shapes: list[dict] = field(default_factory=list)
+    tracks: list[dict] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next_id = 1
+        self._sessions: dict[str, str] = {}  # sessionid -> csrftoken
+        with Image.open(self.frames[0]) as image:
+            self.width, self.height = image.size
+        self.label_ids = {name: 11 + i for i, name in enumerate(self.labels)}
+
+    # -- data a test sets up or inspects -------------------------------------------
+
+    def add(self, kind: str, item: dict) -> dict:
+        """Store a shape or track as CVAT would (ids assigned, defaults filled)."""
+        with self._lock:
+            return self._create(kind, item)
+
+    def _create(self, kind: str, item: dict) -> dict:
+        stored = {
+            "group": 0,
+            "source": "manual",
+            "attributes": [],
+            "elements": [],
+            **item,
+            "id": self._next_id,
+        }
+        self._next_id += 1
+        if kind == "shapes":
+            stored = {"occluded": False, "outside": False, "z_order": 0, "rotation": 0.0, **stored}
+        else:
+            elements = []
+            for shape in stored["shapes"]:
+                elements.append(
+                    {
+                        "occluded": False,
+                        "outside": False,
+                        "z_order": 0,
+                        "rotation": 0.0,
+                        "attributes": [],
+                        **shape,
+                        "id": self._next_id,
+                    }
+                )
+                self._next_id += 1
+            stored["shapes"] = elements
+        getattr(self, kind).append(stored)
+        return stored
+
+    def jobs(self) -> list[tuple[int, int, int]]:
+        """(job id, start frame, stop frame)."""
+        count = len(self.frames)
+        return [
+            (1 + i, start, min(start + self.job_size, count) - 1)
+            for i, start in enumerate(range(0, count, self.job_size))
+        ]
+
+    # -- the server ---------------------------------------------------------------
+
+    def serve(self) -> tuple[ThreadingHTTPServer, str]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _send(
+                self,
+                status: int,
+                body: object,
+                content_type: str = JSON,
+                headers: dict | None = None,
+            ) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self) -> dict:
+                length = int(self.headers.get("Content-Length") or 0)
+                return json.loads(self.rfile.read(length) or b"{}")
+
+            def _cookies(self) -> dict[str, str]:
+                raw = self.headers.get("Cookie", "")
+                return dict(p.strip().split("=", 1) for p in raw.split(";") if "=" in p)
+
+            def _authorised(self) -> bool:
+                if self.headers.get("Authorization") == f"Bearer {fake.token}":
+                    return True
+                cookies = self._cookies()
+                csrf = fake._sessions.get(cookies.get("sessionid", ""))
+                if csrf is None:
+                    return False
+                return self.command == "GET" or self.headers.get("X-CSRFToken") == csrf
+
+            def _route(self) -> None:
+                url = urlsplit(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                path = url.path.rstrip("/")
+                fake.requests.append(f"{self.command} {path}")
+                if path == "/api/server/about":
+                    return self._send(200, fake.about())
+                if path == "/api/auth/login" and self.command == "POST":
+                    return self._login(self._body())
+                if not self._authorised():
+                    return self._send(
+                        401, {"detail": "Authentication credentials were not provided."}
+                    )
+                match = re.fullmatch(r"/api/(tasks|jobs)/(\d+)(/.*)?", path)
+                if path == "/api/labels":
+                    return self._send(200, fake.label_page(query))
+                if not match:
+                    return self._send(404, {"detail": "Not found."})
+                kind, number, rest = match.group(1), int(match.group(2)), match.group(3) or ""
+                frames = fake.frame_range(kind, number)
+                if frames is None:
+                    return self._send(404, {"detail": "Not found."})
+                if rest == "" and self.command == "GET":
+                    return self._send(200, fake.entity(kind, number))
+                if rest == "/data/meta":
+                    return self._send(200, fake.meta(frames))
+                if rest == "/data":
+                    return self._frame(frames, query)
+                if rest == "/annotations":
+                    if self.command == "GET":
+                        return self._send(200, fake.annotations(frames))
+                    if self.command == "PATCH":
+                        return self._send(200, fake.patch(query.get("action"), self._body()))
+                return self._send(405, {"detail": f'Method "{self.command}" not allowed.'})
+
+            def _login(self, body: dict) -> None:
+                if (body.get("username"), body.get("password")) != (fake.user, fake.password):
+                    return self._send(
+                        400, {"non_field_errors": ["Unable to log in with provided credentials."]}
+                    )
+                session, csrf = secrets.token_hex(16), secrets.token_hex(16)
+                fake._sessions[session] = csrf
+                self.send_response(200)
+                data = json.dumps({"key": secrets.token_hex(20)}).encode()
+                self.send_header("Content-Type", JSON)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Set-Cookie", f"csrftoken={csrf}; Path=/; SameSite=Lax")
+                self.send_header("Set-Cookie", f"sessionid={session}; HttpOnly; Path=/")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _frame(self, frames: range, query: dict) -> None:
+                number = int(query.get("number", -1))
+                if query.get("type") != "frame" or number not in frames:
+                    return self._send(400, ["The frame number doesn't belong to the task or job"])
+                return self._send(200, fake.frames[number].read_bytes(), "image/jpeg")
+
+            do_GET = do_POST = do_PATCH = _route
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+    # -- answers ------------------------------------------------------------------
+
+    @staticmethod
+    def about() -> dict:
+        return {
+            "name": "Computer Vision Annotation Tool",
+            "description": "CVAT is completely re-designed and re-implemented version of ...",
+            "version": "2.80.0",
+            "logo_url": "/static/logo.svg",
+            "subtitle": "Open Data Annotation Platform",
+        }
+
+    def frame_range(self, kind: str, number: int) -> range | None:
+        if kind == "tasks":
+            return range(len(self.frames)) if number == 1 else None
+        for job, start, stop in self.jobs():
+            if job == number:
+                return range(start, stop + 1)
+        return None
+
+    def entity(self, kind: str, number: int) -> dict:
+        common = {
+            "id": number,
+            "mode": "interpolation",
+            "dimension": "2d",
+            "organization": None,
+            "labels": {"url": f"http://localhost/api/labels?{kind[:-1]}_id={number}"},
+            "data_chunk_size": 36,
+            "data_compressed_chunk_type": "imageset",
+            "data_original_chunk_type": "imageset",
+        }
+        if kind == "tasks":
+            return {
+                **common,
+                "name": "davis",
+                "size": len(self.frames),
+                "status": "annotation",
+                "jobs": {
+                    "count": len(self.jobs()),
+                    "completed": 0,
+                    "validation": 0,
+                    "url": "http://localhost/api/jobs?task_id=1",
+                },
+            }
+        frames = self.frame_range(kind, number)
+        return {
+            **common,
+            "task_id": 1,
+            "project_id": None,
+            "start_frame": frames.start,
+            "stop_frame": frames.stop - 1,
+            "frame_count": len(frames),
+            "type": "annotation",
+            "stage": "annotation",
+            "state": "new",
+            "status": "annotation",
+            "issues": {"url": f"http://localhost/api/issues?job_id={number}", "count": 0},
+        }
+
+    def label_page(self, query: dict) -> dict:
+        return {
+            "count": len(self.labels),
+            "next": None,
+            "previous": None,
+            "results": [
+                {
+                    "id": self.label_ids[name],
+                    "name": name,
+                    "color": "#fa3253",
+                    "type": "any",
+                    "attributes": [],
+                    "sublabels": [],
+                    "has_parent": False,
+                    "task_id": 1,
+                    "parent_id": None,
+                }
+                for name in self.labels
+            ],
+        }
+
+    def meta(self, frames: range) -> dict:
+        return {
+            "chunk_size": 36,
+            "size": len(frames),
+            "image_quality": 70,
+            "start_frame": frames.start,
+            "stop_frame": frames.stop - 1,
+            "frame_filter": "",
+            "chunks_updated_date": "2026-11-22T00:00:00Z",
+            "deleted_frames": [],
+            "included_frames": None,
+            "frames": [
+                {
+                    "width": self.width,
+                    "height": self.height,
+                    "name": self.frames[i].name,
+                    "related_files": 0,
+                }
+                for i in frames
+            ],
+        }
+
+    def annotations(self, frames: range) -> dict:
+        with self._lock:
+            return {
+                "version": 0,
+                "tags": [],
+                "shapes": [copy.deepcopy(s) for s in self.shapes if s["frame"] in frames],
+                "tracks": [
+                    copy.deepcopy(t)
+                    for t in self.tracks
+                    if any(e["frame"] in frames for e in t["shapes"])
+                ],
+            }
+
+    def patch(self, action: str | None, body: dict) -> dict:
+        with self._lock:
+            result = {"version": 0, "tags": [], "shapes": [], "tracks": []}
+            for kind in ("shapes", "tracks"):
+                for item in body.get(kind) or []:
+                    stored = getattr(self, kind)
+                    if action == "create":
+                        result[kind].append(self._create(kind, item))
+                    elif action == "update":
+                        index = next(i for i, s in enumerate(stored) if s["id"] == item["id"])
+                        stored[index] = {**stored[index], **item}
+                        result[kind].append(stored[index])
+                    elif action == "delete":
+                        stored[:] = [s for s in stored if s["id"] != item["id"]]
+                        result[kind].append(item)
+            return result
