@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from PIL import Image
 
@@ -42,6 +42,15 @@ class FakeCvat:
     shapes: list[dict] = field(default_factory=list)
     tracks: list[dict] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
+    # Agent functions (cvat-cli function run-agent): one native tracker function whose
+    # queue holds annotation requests; completing one may queue the next (on_complete).
+    function_id: int = 5
+    queue: list[dict] = field(default_factory=list)
+    completed: dict[str, dict] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    on_complete: object = None  # callable(ar_id, result) -> None
+    # More tasks (id -> frame files), no jobs or annotations: for agent requests.
+    other_tasks: dict[int, list[Path]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -142,7 +151,7 @@ class FakeCvat:
             def _route(self) -> None:
                 url = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                path = url.path.rstrip("/")
+                path = unquote(url.path).rstrip("/")
                 fake.requests.append(f"{self.command} {path}")
                 if path == "/api/server/about":
                     return self._send(200, fake.about())
@@ -152,6 +161,8 @@ class FakeCvat:
                     return self._send(
                         401, {"detail": "Authentication credentials were not provided."}
                     )
+                if path.startswith("/api/functions/"):
+                    return self._function(path)
                 match = re.fullmatch(r"/api/(tasks|jobs)/(\d+)(/.*)?", path)
                 if path == "/api/labels":
                     return self._send(200, fake.label_page(query))
@@ -159,20 +170,44 @@ class FakeCvat:
                     return self._send(404, {"detail": "Not found."})
                 kind, number, rest = match.group(1), int(match.group(2)), match.group(3) or ""
                 frames = fake.frame_range(kind, number)
+                files = (
+                    fake.other_tasks.get(number, fake.frames) if kind == "tasks" else fake.frames
+                )
                 if frames is None:
                     return self._send(404, {"detail": "Not found."})
                 if rest == "" and self.command == "GET":
                     return self._send(200, fake.entity(kind, number))
                 if rest == "/data/meta":
-                    return self._send(200, fake.meta(frames))
+                    return self._send(200, fake.meta(frames, files))
                 if rest == "/data":
-                    return self._frame(frames, query)
+                    return self._frame(frames, files, query)
                 if rest == "/annotations":
                     if self.command == "GET":
                         return self._send(200, fake.annotations(frames))
                     if self.command == "PATCH":
                         return self._send(200, fake.patch(query.get("action"), self._body()))
                 return self._send(405, {"detail": f'Method "{self.command}" not allowed.'})
+
+            def _function(self, path: str) -> None:
+                queue = rf"/api/functions/queues/function:{fake.function_id}/requests"
+                if path == f"/api/functions/{fake.function_id}" and self.command == "GET":
+                    return self._send(200, fake.function())
+                if path == f"{queue}/acquire" and self.command == "POST":
+                    self._body()
+                    with fake._lock:
+                        assignment = fake.queue.pop(0) if fake.queue else None
+                    return self._send(200, {"ar_assignment": assignment})
+                match = re.fullmatch(rf"{queue}/([\w-]+)/(complete|fail|update)", path)
+                if not match or self.command != "POST":
+                    return self._send(404, {"detail": "Not found."})
+                ar_id, verb, body = match.group(1), match.group(2), self._body()
+                if verb == "complete":
+                    fake.completed[ar_id] = body
+                    if fake.on_complete is not None:
+                        fake.on_complete(ar_id, body)
+                elif verb == "fail":
+                    fake.failed[ar_id] = body["exc_info"]
+                return self._send(200, {})
 
             def _login(self, body: dict) -> None:
                 if (body.get("username"), body.get("password")) != (fake.user, fake.password):
@@ -190,11 +225,12 @@ class FakeCvat:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _frame(self, frames: range, query: dict) -> None:
+            def _frame(self, frames: range, files: list[Path], query: dict) -> None:
                 number = int(query.get("number", -1))
                 if query.get("type") != "frame" or number not in frames:
                     return self._send(400, ["The frame number doesn't belong to the task or job"])
-                return self._send(200, fake.frames[number].read_bytes(), "image/jpeg")
+                content_type = "image/png" if files[number].suffix == ".png" else "image/jpeg"
+                return self._send(200, files[number].read_bytes(), content_type)
 
             do_GET = do_POST = do_PATCH = _route
 
@@ -214,8 +250,21 @@ class FakeCvat:
             "subtitle": "Open Data Annotation Platform",
         }
 
+    def function(self) -> dict:
+        return {
+            "id": self.function_id,
+            "name": "SAM 2.1 tracker",
+            "provider": "native",
+            "kind": "tracker",
+            "supported_shape_types": ["mask", "polygon", "rectangle"],
+            "owner": {"id": 1, "username": self.user},
+            "organization": None,
+        }
+
     def frame_range(self, kind: str, number: int) -> range | None:
         if kind == "tasks":
+            if number in self.other_tasks:
+                return range(len(self.other_tasks[number]))
             return range(len(self.frames)) if number == 1 else None
         for job, start, stop in self.jobs():
             if job == number:
@@ -237,7 +286,8 @@ class FakeCvat:
             return {
                 **common,
                 "name": "davis",
-                "size": len(self.frames),
+                "size": len(self.frame_range(kind, number)),
+                "updated_date": "2026-11-22T00:00:00Z",
                 "status": "annotation",
                 "jobs": {
                     "count": len(self.jobs()),
@@ -282,7 +332,7 @@ class FakeCvat:
             ],
         }
 
-    def meta(self, frames: range) -> dict:
+    def meta(self, frames: range, files: list[Path]) -> dict:
         return {
             "chunk_size": 36,
             "size": len(frames),
@@ -293,16 +343,14 @@ class FakeCvat:
             "chunks_updated_date": "2026-11-22T00:00:00Z",
             "deleted_frames": [],
             "included_frames": None,
-            "frames": [
-                {
-                    "width": self.width,
-                    "height": self.height,
-                    "name": self.frames[i].name,
-                    "related_files": 0,
-                }
-                for i in frames
-            ],
+            "frames": [self._frame_meta(files[i]) for i in frames],
         }
+
+    @staticmethod
+    def _frame_meta(path: Path) -> dict:
+        with Image.open(path) as image:
+            width, height = image.size
+        return {"width": width, "height": height, "name": path.name, "related_files": 0}
 
     def annotations(self, frames: range) -> dict:
         with self._lock:
