@@ -69,36 +69,30 @@ class ServerJob:
         names = {v: k for k, v in self.label_ids.items()}
         frames = set(self.frames.numbers)
         annotations = self.entity.get_annotations()
-        shapes = [
-            Shape(
-                str(s.type.value),
-                s.frame,
-                list(s.points),
-                names.get(s.label_id, ""),
-                s.group or 0,
-                str(s.source),
-                outside=bool(getattr(s, "outside", False)),
-                ref=s,
+
+        def shape(element, owner, ref=None) -> Shape:
+            """A standalone shape (``owner`` is itself) or a track's element (``owner``
+            is the track, which holds label, group and source)."""
+            return Shape(
+                str(element.type.value),
+                element.frame,
+                list(element.points),
+                names.get(owner.label_id, ""),
+                owner.group or 0,
+                str(owner.source),
+                outside=bool(getattr(element, "outside", False)),
+                ref=ref,
             )
+
+        shapes = [
+            shape(s, s, ref=s)
             for s in annotations.shapes
             if str(s.type.value) in SHAPE_TYPES and s.frame in frames
         ]
         tracks = [
             Track(
                 names.get(t.label_id, ""),
-                [
-                    Shape(
-                        str(e.type.value),
-                        e.frame,
-                        list(e.points),
-                        names.get(t.label_id, ""),
-                        t.group or 0,
-                        str(t.source),
-                        outside=bool(e.outside),
-                    )
-                    for e in t.shapes
-                    if e.frame in frames
-                ],
+                [shape(e, t) for e in t.shapes if e.frame in frames],
                 t.group or 0,
                 str(t.source),
                 ref=t,

@@ -7,12 +7,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-from tracking.engine import BoxPrompt, MaskPrompt, Prompt, Sam2StreamTracker
-from tracking.shapes import ShapeError, encode_shape, parse_box
+from tracking.answers import shape_prompt
+from tracking.engine import Prompt, Sam2StreamTracker
+from tracking.shapes import ShapeError, encode_shape
 from tracking.video import FrameSource, Keyframe, KeyframeVideoTracker, VideoError
 
-from cvat_track.objects import AUTO, Plan, Shape, Track, TrackedObject, plan_objects, shape_mask
+from cvat_track.objects import AUTO, Plan, Shape, Track, TrackedObject, plan_objects
 
 
 class RunError(ValueError):
@@ -30,16 +30,10 @@ class RunResult:
 
 def keyframe_prompt(shape: Shape, frame_size: tuple[int, int]) -> Prompt:
     """A person's shape as SAM 2's prompt: a box for rectangles, a mask otherwise."""
-    height, width = frame_size
     try:
-        if shape.type == "rectangle":
-            return BoxPrompt(tuple(float(v) for v in parse_box(shape.points, height, width)))
-        mask = shape_mask(shape, height, width)
+        return shape_prompt(shape.type, shape.points, frame_size)
     except ShapeError as error:
         raise RunError(f"{shape.label} {shape.type} on frame {shape.frame}: {error}") from error
-    if not mask.any():
-        raise RunError(f"{shape.label} {shape.type} on frame {shape.frame} covers no pixel")
-    return MaskPrompt(torch.from_numpy(mask))
 
 
 def processed_frames(direction: str, first: int, last: int, num_frames: int) -> int:

@@ -4,32 +4,19 @@ run in CI)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 from conftest import build_model, davis_sequence, frame_paths, ground_truth
 from cvat_sdk.masks import decode_mask, encode_mask
 from fake_cvat import FakeCvat
-from test_keyframe_cli import IMAGE_SIZE, cli_env
+from test_keyframe_cli import IMAGE_SIZE, run_cli
 from tracking.engine import MaskPrompt, Sam2StreamTracker
 from tracking.shapes import mask_to_box
 from tracking.video import FolderFrames, Keyframe, KeyframeVideoTracker
 
 SEQUENCE = "dog"
 NUM_FRAMES = 10
-
-
-def run_cli(checkpoint, *args: str):
-    return subprocess.run(
-        [sys.executable, "-m", "cvat_track.cli", *args],
-        env=cli_env(checkpoint),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
 
 
 def without_ids(annotations: list[dict]) -> list[str]:
@@ -83,7 +70,13 @@ def test_a_job_is_tracked_and_written_back(cvat, present_checkpoint, tmp_path):
     people_before = [dict(s) for s in fake.shapes if s["source"] == "manual"]
     tree_before = [dict(s) for s in fake.shapes if s["label_id"] == 12]
     result = run_cli(
-        present_checkpoint, "--server", url, "--auth", "annotator:secret-password", "--job", "1"
+        "--server",
+        url,
+        "--auth",
+        "annotator:secret-password",
+        "--job",
+        "1",
+        checkpoint=present_checkpoint,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tracked 2 objects over 6 frames" in result.stdout
@@ -129,7 +122,13 @@ def test_a_job_is_tracked_and_written_back(cvat, present_checkpoint, tmp_path):
     # Again: the same annotations, its own output replaced, nothing else touched.
     after_first = (without_ids(fake.shapes), without_ids(fake.tracks))
     result = run_cli(
-        present_checkpoint, "--server", url, "--auth", "annotator:secret-password", "--job", "1"
+        "--server",
+        url,
+        "--auth",
+        "annotator:secret-password",
+        "--job",
+        "1",
+        checkpoint=present_checkpoint,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "replacing 5 earlier auto shapes and 1 auto tracks" in result.stdout
@@ -140,7 +139,6 @@ def test_token_task_frame_range_and_dry_run(cvat, present_checkpoint):
     fake, url = cvat
     before = (without_ids(fake.shapes), without_ids(fake.tracks))
     result = run_cli(
-        present_checkpoint,
         "--server",
         url,
         "--auth",
@@ -152,6 +150,7 @@ def test_token_task_frame_range_and_dry_run(cvat, present_checkpoint):
         "--labels",
         "dog",
         "--dry-run",
+        checkpoint=present_checkpoint,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tracked 2 objects over 4 frames" in result.stdout
@@ -170,5 +169,5 @@ def test_token_task_frame_range_and_dry_run(cvat, present_checkpoint):
 )
 def test_clear_errors(cvat, present_checkpoint, args, message):
     _, url = cvat
-    result = run_cli(present_checkpoint, "--server", url, *args)
+    result = run_cli("--server", url, *args, checkpoint=present_checkpoint)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]

@@ -11,10 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-import numpy as np
-import torch
 from tracker_state import (
     Answer,
     ObjectState,
@@ -27,7 +25,8 @@ from tracker_state import (
     StoreUnavailable,
     store_from_env,
 )
-from tracking.engine import BoxPrompt, MaskPrompt, Prompt, Sam2StreamTracker, StepResult
+from tracking.answers import Box, answer_points, shape_prompt
+from tracking.engine import BoxPrompt, Prompt, Sam2StreamTracker, StepResult
 from tracking.frames import (
     DEFAULT_MAX_PIXELS,
     FrameError,
@@ -51,19 +50,12 @@ from tracking.protocol import (
     bad_request,
     parse_request,
 )
-from tracking.shapes import (
-    ShapeError,
-    decode_rle,
-    encode_shape,
-    parse_box,
-    rasterize_polygon,
-)
+from tracking.shapes import ShapeError
 from tracking.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
 
 RESTART_HINT = "start tracking this object again from a shape"
-Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -257,20 +249,10 @@ class ModelHandler:
         return frame_size
 
     def _prompt(self, obj: NewObject, index: int, frame_size: tuple[int, int]) -> Prompt:
-        height, width = frame_size
         try:
-            if obj.shape_type == "rectangle":
-                box = parse_box(obj.points, height, width)
-                return BoxPrompt(tuple(float(v) for v in box))
-            if obj.shape_type == "polygon":
-                mask = rasterize_polygon(obj.points, height, width)
-            else:
-                mask = decode_rle(obj.points, height, width)
+            return shape_prompt(obj.shape_type, obj.points, frame_size)
         except ShapeError as error:
             raise bad_request(f"shapes[{index}]: {error}") from error
-        if not mask.any():
-            raise bad_request(f"shapes[{index}]: the {obj.shape_type} covers no pixel")
-        return MaskPrompt(torch.from_numpy(mask))
 
     def _load(self, refs: list[StateRef], digest: str | None) -> list[ObjectState | Replay]:
         if not refs:
@@ -325,20 +307,8 @@ class ModelHandler:
     def _answer(
         self, result: StepResult, frame_size: tuple[int, int], fallback_box: Box | None
     ) -> tuple[object, ObjectState]:
-        """(the JSON answer, the state to store) for one object on this frame. Rectangles
-        are never ``null`` (CVAT's rectangle panel cannot take it): while SAM 2 says the
-        object is not visible they keep the last box where it was seen."""
-        # One object at a time: full-size float logits of many objects on 4K frames
-        # would take gigabytes.
-        logits = self.tracker.upsample(result.low_res_logits[None], frame_size)
-        mask: np.ndarray = (logits[0, 0] > 0).cpu().numpy()
-        state = result.state
-        points = encode_shape(state.shape_type, mask)
-        if state.shape_type == "rectangle":
-            if points is None and fallback_box is not None:
-                points = list(fallback_box)
-            if points is not None:
-                state = replace(state, last_box=tuple(points))
+        """(the JSON answer, the state to store) for one object on this frame."""
+        points, state = answer_points(self.tracker, result, frame_size, fallback_box)
         if points is None:
             return None, state
         if state.legacy:
