@@ -25,7 +25,13 @@ from tracker_state.state import ObjectState
 from tracking.answers import answer_points, shape_prompt
 from tracking.engine import BoxPrompt, FrameFeatures, Sam2StreamTracker
 from tracking.frames import preprocess_frame
-from tracking.model_loading import ModelSettings, build_tracker, load_sam2
+from tracking.model_loading import (
+    ModelSettings,
+    build_tracker,
+    hole_filling_available,
+    load_sam2,
+    silence_missing_extension,
+)
 
 SHAPE_TYPES = ["mask", "polygon", "rectangle"]
 
@@ -127,4 +133,8 @@ def create(
         object_batch=object_batch,
         hydra_overrides=(f"++model.image_size={image_size}",) if image_size else (),
     )
+    if not hole_filling_available():
+        # SAM 2 skips hole filling without its CUDA extension (so does the official
+        # predictor) and would warn about it on every frame.
+        silence_missing_extension()
     return Sam2TrackingFunction(build_tracker(load_sam2(settings, {}), settings))
