@@ -7,13 +7,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import davis_sequence, frame_folder, ground_truth
+from conftest import build_model, davis_sequence, frame_folder, ground_truth
 from tracking.engine import BoxPrompt, MaskPrompt, Sam2StreamTracker
 from tracking.shapes import mask_to_box
 from tracking.video import FolderFrames, Keyframe, KeyframeVideoTracker, VideoError
 
 SEQUENCE = "dog"
 NUM_FRAMES = 20
+IMAGE_SIZE = 256  # equivalence holds at any input size; 256 keeps these runs short
+
+
+@pytest.fixture(scope="module")
+def small_model(present_checkpoint):
+    return build_model(present_checkpoint, IMAGE_SIZE)[0]
 
 
 def mask_keyframe(sequence, frame: int) -> Keyframe:

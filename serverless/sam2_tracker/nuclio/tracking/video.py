@@ -26,6 +26,7 @@ import contextlib
 import re
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,8 @@ class VideoFileFrames(FolderFrames):
 
     def __init__(self, path: Path) -> None:
         self._folder = Path(tempfile.mkdtemp(prefix="sam2-frames-"))
+        # The decoded frames go when this object does (or at exit at the latest).
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._folder, True)
         capture = cv2.VideoCapture(str(path))
         try:
             if not capture.isOpened():
@@ -108,7 +111,7 @@ class VideoFileFrames(FolderFrames):
         super().__init__(self._folder)
 
     def close(self) -> None:
-        shutil.rmtree(self._folder, ignore_errors=True)
+        self._cleanup()
 
 
 def open_frames(path: Path) -> FolderFrames:
@@ -190,9 +193,11 @@ def _behind(entries: dict, frame_index: int, step: int, window: int) -> dict:
 
 @contextlib.contextmanager
 def _max_cond_frames(model, count: int | None) -> Iterator[None]:
-    """SAM 2's ``max_cond_frames_in_attn`` for the run (-1: every keyframe)."""
+    """SAM 2's ``max_cond_frames_in_attn`` set to ``count`` for the run (None: the
+    model's own setting, every keyframe in SAM 2.1's configs)."""
     previous = model.max_cond_frames_in_attn
-    model.max_cond_frames_in_attn = -1 if count is None else count
+    if count is not None:
+        model.max_cond_frames_in_attn = count
     try:
         yield
     finally:
