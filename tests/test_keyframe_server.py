@@ -67,17 +67,10 @@ def cvat():
 
 def test_a_job_is_tracked_and_written_back(cvat, present_checkpoint, tmp_path):
     fake, url = cvat
+    job_1 = ("--server", url, "--auth", "annotator:secret-password", "--job", "1")
     people_before = [dict(s) for s in fake.shapes if s["source"] == "manual"]
     tree_before = [dict(s) for s in fake.shapes if s["label_id"] == 12]
-    result = run_cli(
-        "--server",
-        url,
-        "--auth",
-        "annotator:secret-password",
-        "--job",
-        "1",
-        checkpoint=present_checkpoint,
-    )
+    result = run_cli(*job_1, checkpoint=present_checkpoint)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tracked 2 objects over 6 frames" in result.stdout
     assert "wrote to job 1" in result.stdout
@@ -121,15 +114,7 @@ def test_a_job_is_tracked_and_written_back(cvat, present_checkpoint, tmp_path):
 
     # Again: the same annotations, its own output replaced, nothing else touched.
     after_first = (without_ids(fake.shapes), without_ids(fake.tracks))
-    result = run_cli(
-        "--server",
-        url,
-        "--auth",
-        "annotator:secret-password",
-        "--job",
-        "1",
-        checkpoint=present_checkpoint,
-    )
+    result = run_cli(*job_1, checkpoint=present_checkpoint)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "replacing 5 earlier auto shapes and 1 auto tracks" in result.stdout
     assert (without_ids(fake.shapes), without_ids(fake.tracks)) == after_first
