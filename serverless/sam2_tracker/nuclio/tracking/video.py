@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from tracker_state.state import MemoryView
 
-from tracking.engine import FrameOutput, Prompt, Sam2StreamTracker
+from tracking.engine import FrameFeatures, FrameOutput, Prompt, Sam2StreamTracker
 from tracking.frames import preprocess_frame
 
 DIRECTIONS = ("forward", "backward", "both")
@@ -273,13 +273,7 @@ class KeyframeVideoTracker:
                 by_frame.setdefault(keyframe.frame_index, []).append((obj, keyframe.prompt))
         frame_size = None
         for frame_index in sorted(by_frame):
-            features, size = self._features(frames, frame_index)
-            frame_size = frame_size or size
-            if size != frame_size:
-                raise VideoError(
-                    f"frame {frame_index} is {size[1]}x{size[0]}, "
-                    f"other frames are {frame_size[1]}x{frame_size[0]}"
-                )
+            features, frame_size = self._features(frames, frame_index, frame_size)
             prompts = [prompt for _, prompt in by_frame[frame_index]]
             count = len(prompts)
             results = self.tracker.start(features, prompts, ["mask"] * count, [False] * count)
@@ -293,9 +287,18 @@ class KeyframeVideoTracker:
             memory.keyframes = {k.frame_index: memory.keyframes[k.frame_index] for k in keyframes}
         return frame_size
 
-    def _features(self, frames: FrameSource, frame_index: int):
+    def _features(
+        self, frames: FrameSource, frame_index: int, expected: tuple[int, int] | None
+    ) -> tuple[FrameFeatures, tuple[int, int]]:
+        """SAM 2's features of one frame and its (height, width), which must be
+        ``expected`` when given (all frames of a video share one size)."""
         image = frames.read(frame_index)
         size = (image.height, image.width)
+        if expected is not None and size != expected:
+            raise VideoError(
+                f"frame {frame_index} is {size[1]}x{size[0]}, "
+                f"other frames are {expected[1]}x{expected[0]}"
+            )
         pixels = preprocess_frame(image, self.tracker.image_size, self.tracker.device)
         return self.tracker.encode_frame(pixels, size), size
 
@@ -319,12 +322,7 @@ class KeyframeVideoTracker:
             ]
             pending = [i for i, value in enumerate(logits) if value is None]
             if pending:
-                features, size = self._features(frames, frame_index)
-                if size != frame_size:
-                    raise VideoError(
-                        f"frame {frame_index} is {size[1]}x{size[0]}, "
-                        f"other frames are {frame_size[1]}x{frame_size[0]}"
-                    )
+                features, _ = self._features(frames, frame_index, frame_size)
                 outputs = self.tracker.track(
                     features,
                     [(memories[i].view(), frame_index) for i in pending],
