@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from tracking.answers import shape_prompt
 from tracking.engine import Prompt, Sam2StreamTracker
 from tracking.shapes import ShapeError, encode_shape
-from tracking.video import FrameSource, Keyframe, KeyframeVideoTracker, VideoError
+from tracking.video import (
+    FrameSource,
+    Keyframe,
+    KeyframeVideoTracker,
+    VideoError,
+    yielded_frame_count,
+)
 
 from cvat_track.objects import AUTO, Plan, Shape, Track, TrackedObject, plan_objects
 
@@ -34,12 +40,6 @@ def keyframe_prompt(shape: Shape, frame_size: tuple[int, int]) -> Prompt:
         return shape_prompt(shape.type, shape.points, frame_size)
     except ShapeError as error:
         raise RunError(f"{shape.label} {shape.type} on frame {shape.frame}: {error}") from error
-
-
-def processed_frames(direction: str, first: int, last: int, num_frames: int) -> int:
-    """How many frames a run yields (the progress bar's total)."""
-    forward = num_frames - first
-    return {"forward": forward, "backward": last + 1, "both": forward + first + 1}[direction]
 
 
 def track_job(
@@ -79,9 +79,7 @@ def track_job(
             keyframes.append(Keyframe(index, keyframe_prompt(shape, frame_size)))
         objects.append(keyframes)
 
-    first = min(k.frame_index for keyframes in objects for k in keyframes)
-    last = max(k.frame_index for keyframes in objects for k in keyframes)
-    total = processed_frames(direction, first, last, num_frames)
+    total = yielded_frame_count(objects, direction, num_frames)
     answers: list[dict[int, list | None]] = [{} for _ in objects]
     done = 0
     try:

@@ -10,7 +10,13 @@ import torch
 from conftest import build_model, davis_sequence, frame_folder, ground_truth
 from tracking.engine import BoxPrompt, MaskPrompt, Sam2StreamTracker
 from tracking.shapes import mask_to_box
-from tracking.video import FolderFrames, Keyframe, KeyframeVideoTracker, VideoError
+from tracking.video import (
+    FolderFrames,
+    Keyframe,
+    KeyframeVideoTracker,
+    VideoError,
+    yielded_frame_count,
+)
 
 SEQUENCE = "dog"
 NUM_FRAMES = 20
@@ -61,11 +67,13 @@ def ours(
 ) -> dict[int, torch.Tensor]:
     tracker = Sam2StreamTracker(model, "test", precision)
     logits = {}
-    for frame in KeyframeVideoTracker(tracker).track(
-        FolderFrames(folder), objects, direction, **options
-    ):
+    frames = FolderFrames(folder)
+    yielded = 0
+    for frame in KeyframeVideoTracker(tracker).track(frames, objects, direction, **options):
         low_res = torch.stack(frame.low_res_logits)
         logits[frame.frame_index] = tracker.upsample(low_res, frame.frame_size)
+        yielded += 1
+    assert yielded == yielded_frame_count(objects, direction, len(frames))
     return logits
 
 

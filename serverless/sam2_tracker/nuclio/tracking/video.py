@@ -204,6 +204,19 @@ def _max_cond_frames(model, count: int | None) -> Iterator[None]:
         model.max_cond_frames_in_attn = previous
 
 
+def _keyframe_span(objects: list[list[Keyframe]]) -> tuple[int, int]:
+    """(first, last) keyframe index over all objects: where runs start."""
+    frames = [k.frame_index for keyframes in objects for k in keyframes]
+    return min(frames), max(frames)
+
+
+def yielded_frame_count(objects: list[list[Keyframe]], direction: str, num_frames: int) -> int:
+    """How many frames ``KeyframeVideoTracker.track`` yields (a progress bar's total)."""
+    first, last = _keyframe_span(objects)
+    forward = num_frames - first
+    return {"forward": forward, "backward": last + 1, "both": forward + first + 1}[direction]
+
+
 class KeyframeVideoTracker:
     """Tracks objects through a frame source from their keyframes (see module docstring)."""
 
@@ -246,8 +259,7 @@ class KeyframeVideoTracker:
         ]
         with _max_cond_frames(model, max_cond_frames):
             frame_size = self._encode_keyframes(frames, objects, memories)
-            first = min(k.frame_index for keyframes in objects for k in keyframes)
-            last = max(k.frame_index for keyframes in objects for k in keyframes)
+            first, last = _keyframe_span(objects)
             if direction == "backward":
                 yield from self._propagate(frames, memories, frame_size, last, -1)
                 return
