@@ -15,8 +15,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+from tracker_state.codec import TrackedState
 from tracker_state.serialization import Answer
-from tracker_state.state import ObjectState
 from tracker_state.stores import Replay, StateConflict, StateRef, StateStore
 
 DEFAULT_CACHED_OBJECTS = 64  # about 3.5 MiB each at the 1024 input
@@ -26,16 +26,16 @@ class CachedStateStore(StateStore):
     """Wraps a store with an LRU cache of up to ``capacity`` object states."""
 
     def __init__(self, inner: StateStore, capacity: int = DEFAULT_CACHED_OBJECTS) -> None:
-        self.memory_capacity = inner.memory_capacity
+        self.codec = inner.codec
         self.ttl_seconds = inner.ttl_seconds
         self.inner = inner
         self.capacity = capacity
         self._lock = threading.Lock()
-        self._states: OrderedDict[str, ObjectState] = OrderedDict()
+        self._states: OrderedDict[str, TrackedState] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def _remember(self, refs: list[StateRef], states: list[ObjectState]) -> None:
+    def _remember(self, refs: list[StateRef], states: list[TrackedState]) -> None:
         with self._lock:
             for ref, state in zip(refs, states):
                 self._states[ref.token] = state
@@ -43,14 +43,14 @@ class CachedStateStore(StateStore):
             while len(self._states) > self.capacity:
                 self._states.popitem(last=False)
 
-    def create(self, states: list[ObjectState]) -> list[StateRef]:
+    def create(self, states: list[TrackedState]) -> list[StateRef]:
         refs = self.inner.create(states)
         self._remember(refs, states)
         return refs
 
     def load(
         self, refs: list[StateRef], frame_digest: str | None = None
-    ) -> list[ObjectState | Replay]:
+    ) -> list[TrackedState | Replay]:
         with self._lock:
             cached = [self._states.get(ref.token) for ref in refs]
         if all(s is not None and s.frame_index == r.frame_index for s, r in zip(cached, refs)):
@@ -64,8 +64,8 @@ class CachedStateStore(StateStore):
         self.misses += len(refs)
         loaded = self.inner.load(refs, frame_digest)
         self._remember(
-            [r for r, s in zip(refs, loaded) if isinstance(s, ObjectState)],
-            [s for s in loaded if isinstance(s, ObjectState)],
+            [r for r, s in zip(refs, loaded) if not isinstance(s, Replay)],
+            [s for s in loaded if not isinstance(s, Replay)],
         )
         return loaded
 
@@ -75,7 +75,7 @@ class CachedStateStore(StateStore):
     def commit(
         self,
         refs: list[StateRef],
-        new_states: list[ObjectState],
+        new_states: list[TrackedState],
         answers: list[Answer] | None = None,
     ) -> list[StateRef]:
         try:

@@ -7,6 +7,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tracker_state.cache import DEFAULT_CACHED_OBJECTS, CachedStateStore
+from tracker_state.codec import Sam2StateCodec, StateCodec
 from tracker_state.stores import InMemoryStateStore, RedisStateStore, StateStore
 
 # CVAT's deploy scripts name the tracker's Redis with CVAT_FUNCTIONS_REDIS_* (current
@@ -38,17 +39,20 @@ def redis_client(host: str, port: int, password: str | None = None) -> redis.Red
     )
 
 
-def store_from_env(env: dict[str, str], memory_capacity: int) -> tuple[StateStore, str]:
-    """The store named by CVAT's variables, and a line saying which one it is (never the
+def store_from_env(env: dict[str, str], codec: StateCodec | int) -> tuple[StateStore, str]:
+    """The store named by CVAT's variables for states in ``codec``'s layout (an int: SAM 2
+    states with that many recent memories), and a line saying which one it is (never the
     password).
 
     ``CVAT_FUNCTIONS_REDIS_HOST`` or ``CVAT_REDIS_HOST`` (unset: in-memory store), ``..._PORT``
     (default 6379), ``..._PASSWORD`` (optional).
     """
+    if isinstance(codec, int):
+        codec = Sam2StateCodec(codec)
     host = redis_setting(env, "HOST")
     if host is None:
         return (
-            InMemoryStateStore(memory_capacity),
+            InMemoryStateStore(codec=codec),
             "state store: in memory (neither CVAT_FUNCTIONS_REDIS_HOST nor CVAT_REDIS_HOST is "
             "set): states are lost on restart and not shared between workers",
         )
@@ -56,7 +60,7 @@ def store_from_env(env: dict[str, str], memory_capacity: int) -> tuple[StateStor
     port = int((redis_setting(env, "PORT") or ("", "6379"))[1])
     password = redis_setting(env, "PASSWORD")
     client = redis_client(host_name, port, password[1] if password else None)
-    store: StateStore = RedisStateStore(client, memory_capacity)
+    store: StateStore = RedisStateStore(client, codec=codec)
     cached = int(env.get("SAM2_STATE_CACHE_OBJECTS") or DEFAULT_CACHED_OBJECTS)
     if cached > 0:
         store = CachedStateStore(store, cached)

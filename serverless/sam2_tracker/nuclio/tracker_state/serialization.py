@@ -123,6 +123,7 @@ def _encode_head(state: ObjectState) -> bytes:
         tensors["last_box"] = torch.tensor(state.last_box, dtype=torch.float64)
     metadata = {
         "format_version": FORMAT_VERSION,
+        "backend": "sam2",
         "model_id": state.model_id,
         "shape_type": state.shape_type,
         "legacy": "1" if state.legacy else "0",

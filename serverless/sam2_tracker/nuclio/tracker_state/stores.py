@@ -25,18 +25,14 @@ from dataclasses import dataclass
 
 import redis
 
+from tracker_state.codec import ForeignState, Sam2StateCodec, StateCodec, TrackedState
 from tracker_state.serialization import (
     ANSWER,
     HEAD,
     Answer,
-    changed_parts,
     decode_answer,
-    decode_state,
-    encode_state,
-    part_names,
     stored_frame_index,
 )
-from tracker_state.state import ObjectState
 
 DEFAULT_TTL_SECONDS = 8 * 3600
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
@@ -53,6 +49,15 @@ class StateNotFound(StateError):
 
 class StateConflict(StateError):
     """The stored state moved past the frame CVAT names (a concurrent or replayed call)."""
+
+
+class StateFromAnotherModel(StateError):
+    """The stored state was made by another backend or model (a function redeployed with
+    another ``TRACKER_BACKEND``, or states sent to the wrong function)."""
+
+    def __init__(self, token: str, model_id: str) -> None:
+        super().__init__(token)
+        self.model_id = model_id
 
 
 class StoreUnavailable(Exception):
@@ -83,23 +88,25 @@ def new_token() -> str:
 
 
 class StateStore(ABC):
-    """Keeps object states between calls, addressed by StateRef."""
+    """Keeps object states between calls, addressed by StateRef. States are any backend's
+    (``TrackedState``); the store's codec turns them into parts."""
 
-    memory_capacity: int
+    codec: StateCodec
     ttl_seconds: float
 
     @abstractmethod
-    def create(self, states: list[ObjectState]) -> list[StateRef]:
+    def create(self, states: list[TrackedState]) -> list[StateRef]:
         """Store new states (prompt frames) and return their references."""
 
     @abstractmethod
     def load(
         self, refs: list[StateRef], frame_digest: str | None = None
-    ) -> list[ObjectState | Replay]:
+    ) -> list[TrackedState | Replay]:
         """The stored states for ``refs``, checked against the store (one round trip at
         least, so a missing or moved state is found before any model work). With a
         ``frame_digest``, a ref whose call was already answered for that frame gives a
-        Replay. Raises StateNotFound, StateConflict or StoreUnavailable."""
+        Replay. Raises StateNotFound, StateConflict, StateFromAnotherModel or
+        StoreUnavailable."""
 
     @abstractmethod
     def check(self, refs: list[StateRef]) -> None:
@@ -110,39 +117,57 @@ class StateStore(ABC):
     def commit(
         self,
         refs: list[StateRef],
-        new_states: list[ObjectState],
+        new_states: list[TrackedState],
         answers: list[Answer] | None = None,
     ) -> list[StateRef]:
         """Replace the states at ``refs`` by ``new_states`` (one frame later) and keep what
         was answered for them, all or nothing."""
 
 
+def codec_for(memory_capacity: int | None, codec: StateCodec | None) -> StateCodec:
+    """The codec a store was given, or SAM 2's for ``memory_capacity`` recent memories."""
+    if codec is not None:
+        return codec
+    if memory_capacity is None:
+        raise TypeError("a store needs a codec or SAM 2's memory_capacity")
+    return Sam2StateCodec(memory_capacity)
+
+
 class PartStore(StateStore):
-    """Stores ObjectStates as serialised parts; subclasses provide the raw part I/O."""
+    """Stores states as serialised parts (the codec's); subclasses provide the raw part
+    I/O. ``memory_capacity`` alone means SAM 2 states."""
 
-    def __init__(self, memory_capacity: int, ttl_seconds: float = DEFAULT_TTL_SECONDS) -> None:
-        self.memory_capacity = memory_capacity
+    def __init__(
+        self,
+        memory_capacity: int | None = None,
+        ttl_seconds: float = DEFAULT_TTL_SECONDS,
+        codec: StateCodec | None = None,
+    ) -> None:
+        self.codec = codec_for(memory_capacity, codec)
         self.ttl_seconds = ttl_seconds
-        self.part_names = part_names(memory_capacity)
+        self.part_names = self.codec.part_names
 
-    def create(self, states: list[ObjectState]) -> list[StateRef]:
+    def create(self, states: list[TrackedState]) -> list[StateRef]:
         if not states:
             return []
-        entries = {new_token(): encode_state(state) for state in states}
+        entries = {new_token(): self.codec.encode(state) for state in states}
         self._insert(entries)
         return [StateRef(token, state.frame_index) for token, state in zip(entries, states)]
 
     def load(
         self, refs: list[StateRef], frame_digest: str | None = None
-    ) -> list[ObjectState | Replay]:
-        loaded: list[ObjectState | Replay] = []
+    ) -> list[TrackedState | Replay]:
+        loaded: list[TrackedState | Replay] = []
         for ref, parts in zip(refs, self._read([ref.token for ref in refs])):
             head = parts.get(HEAD)
             if head is None:
                 raise StateNotFound(ref.token)
             stored_index = stored_frame_index(head)
             if stored_index == ref.frame_index:
-                loaded.append(decode_state(parts))
+                try:
+                    loaded.append(self.codec.decode(parts))
+                except ForeignState as error:
+                    raise StateFromAnotherModel(ref.token, error.model_id) from error
                 continue
             answer = decode_answer(parts.get(ANSWER))
             if (
@@ -164,14 +189,14 @@ class PartStore(StateStore):
     def commit(
         self,
         refs: list[StateRef],
-        new_states: list[ObjectState],
+        new_states: list[TrackedState],
         answers: list[Answer] | None = None,
     ) -> list[StateRef]:
         if not refs:
             return []
         answers = answers or [None] * len(refs)
         writes = {
-            ref.token: changed_parts(state, answer)
+            ref.token: self.codec.changed(state, answer)
             for ref, state, answer in zip(refs, new_states, answers, strict=True)
         }
         expected = {ref.token: ref.frame_index for ref in refs}
@@ -204,8 +229,13 @@ class PartStore(StateStore):
 class InMemoryStateStore(PartStore):
     """States in this process only (local use and tests); same semantics as Redis."""
 
-    def __init__(self, memory_capacity: int, ttl_seconds: float = DEFAULT_TTL_SECONDS) -> None:
-        super().__init__(memory_capacity, ttl_seconds)
+    def __init__(
+        self,
+        memory_capacity: int | None = None,
+        ttl_seconds: float = DEFAULT_TTL_SECONDS,
+        codec: StateCodec | None = None,
+    ) -> None:
+        super().__init__(memory_capacity, ttl_seconds, codec)
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, dict[str, bytes]]] = {}
 
@@ -250,11 +280,12 @@ class RedisStateStore(PartStore):
     def __init__(
         self,
         client: redis.Redis,
-        memory_capacity: int,
+        memory_capacity: int | None = None,
         ttl_seconds: float = DEFAULT_TTL_SECONDS,
         key_prefix: str = KEY_PREFIX,
+        codec: StateCodec | None = None,
     ) -> None:
-        super().__init__(memory_capacity, ttl_seconds)
+        super().__init__(memory_capacity, ttl_seconds, codec)
         self.client = client
         self.key_prefix = key_prefix
 
