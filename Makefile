@@ -5,6 +5,10 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 SAM2_VERSION ?= 1.1.0
+# DeAOT (TRACKER_BACKEND=deaot): deaotpy without its dependencies, which would pull a CUDA
+# torch through torchvision and a CUDA-only correlation extension; what inference imports
+# needs neither.
+DEAOTPY_VERSION ?= 1.11.0
 STAMP := $(VENV)/.installed
 # Bytecode caches go under .cache/, not into the function folder (Nuclio's build context).
 export PYTHONPYCACHEPREFIX := $(CURDIR)/.cache/pycache
@@ -23,8 +27,9 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml M
 	$(PIP) install --quiet -c constraints.txt -r requirements.txt -r requirements-dev.txt
 	SAM2_BUILD_CUDA=$${SAM2_BUILD_CUDA:-0} $(PIP) install --quiet --no-build-isolation --no-deps \
 		-c constraints.txt sam2==$(SAM2_VERSION)
+	$(PIP) install --quiet --no-deps deaotpy==$(DEAOTPY_VERSION)
 	$(PIP) install --quiet --no-build-isolation --no-deps -e .
-	$(PY) -c "import torch, sam2, redis, safetensors, cv2, nuclio_sdk; print('torch', torch.__version__)"
+	$(PY) -c "import torch, sam2, redis, safetensors, cv2, nuclio_sdk, aot; print('torch', torch.__version__)"
 	touch $(STAMP)
 
 serve: install

@@ -1,9 +1,12 @@
 """One tracker call, from CVAT's JSON to CVAT's JSON.
 
 parse -> check the stored states (one store round trip; replayed calls are answered
-here, without SAM 2) -> decode the frame once -> image features once -> start new
+here, without the model) -> decode the frame once -> image features once -> start new
 objects from their shapes / continue stored objects -> shapes -> store the states with
 their answers -> answer.
+
+The model is a backend (``tracking.backend``): SAM 2 by default, DeAOT with
+``TRACKER_BACKEND=deaot``; this module is the same for both.
 """
 
 from __future__ import annotations
@@ -15,33 +18,22 @@ from dataclasses import dataclass
 
 from tracker_state import (
     Answer,
-    ObjectState,
     Replay,
     StateConflict,
     StateFormatError,
+    StateFromAnotherModel,
     StateNotFound,
     StateRef,
     StateStore,
     StoreUnavailable,
+    TrackedState,
     store_from_env,
 )
 from tracking.answers import Box, answer_points, shape_prompt
-from tracking.engine import BoxPrompt, Prompt, Sam2StreamTracker, StepResult
-from tracking.frames import (
-    DEFAULT_MAX_PIXELS,
-    FrameError,
-    FrameTooLarge,
-    decode_frame,
-    preprocess_frame,
-)
-from tracking.model_loading import (
-    InfoLogger,
-    ModelSettings,
-    build_tracker,
-    hole_filling_available,
-    load_sam2,
-    silence_missing_extension,
-)
+from tracking.backend import FrameTracker, TrackResult, load_backend
+from tracking.engine import BoxPrompt, Prompt
+from tracking.frames import DEFAULT_MAX_PIXELS, FrameError, FrameTooLarge, decode_frame
+from tracking.model_loading import InfoLogger
 from tracking.protocol import (
     DEFAULT_MAX_OBJECTS,
     ContinuedObject,
@@ -103,11 +95,11 @@ def frame_digest(image: object) -> str | None:
 
 
 class ModelHandler:
-    """Answers tracker calls with a SAM 2 stream tracker and a state store."""
+    """Answers tracker calls with a backend's tracker and a state store."""
 
     def __init__(
         self,
-        tracker: Sam2StreamTracker,
+        tracker: FrameTracker,
         store: StateStore,
         limits: HandlerLimits | None = None,
         setup_notes: tuple[str, ...] = (),
@@ -121,28 +113,20 @@ class ModelHandler:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, logger: InfoLogger = log) -> ModelHandler:
         env = dict(os.environ if env is None else env)
-        settings = ModelSettings.from_env(env)
-        model = load_sam2(settings, env, logger)
-        tracker = build_tracker(model, settings, logger)
-        store, store_description = store_from_env(env, tracker.memory_capacity)
-        if hole_filling_available():
-            holes = "hole filling on (sam2._C)"
-        else:
-            holes = "hole filling off: sam2._C is not built (the official predictor skips it too)"
-            silence_missing_extension()
-        return cls(tracker, store, HandlerLimits.from_env(env), (store_description, holes))
+        backend = load_backend(env, logger)
+        store, store_description = store_from_env(env, backend.tracker.codec)
+        return cls(
+            backend.tracker,
+            store,
+            HandlerLimits.from_env(env),
+            (store_description, *backend.notes),
+        )
 
     def describe(self) -> str:
-        """The startup line: model, input size, device, precision, compilation, store,
-        limits."""
-        tracker = self.tracker
-        precision = str(tracker.precision).removeprefix("torch.")
+        """The startup line: backend, model, input size, device, precision, store, limits."""
         return "; ".join(
             (
-                f"SAM 2 tracker ready: model {tracker.model_id} (input {tracker.image_size}px) "
-                f"on {tracker.device}, {precision}, "
-                f"{'compiled' if tracker.compiled else 'not compiled'}, "
-                f"up to {tracker.max_batch} objects per pass",
+                self.tracker.describe(),
                 *self.setup_notes,
                 f"limits: {self.limits.max_objects} objects per call, frames up to "
                 f"{self.limits.max_pixels} pixels",
@@ -164,7 +148,7 @@ class ModelHandler:
             (i, o.ref) for i, o in enumerate(request.objects) if isinstance(o, ContinuedObject)
         ]
         with timer.phase("state_read"):
-            loaded = self._load([ref for _, ref in continued], digest)
+            loaded = self._load(continued, digest)
 
         answers: dict[int, tuple[object, StateRef]] = {
             i: (found.shape, found.ref)
@@ -174,7 +158,7 @@ class ModelHandler:
         stepping = [
             (i, ref, found)
             for (i, ref), found in zip(continued, loaded)
-            if isinstance(found, ObjectState)
+            if not isinstance(found, Replay)
         ]
         frame_size = None
         if new or stepping:
@@ -192,12 +176,12 @@ class ModelHandler:
         self,
         image: object,
         new: list[tuple[int, NewObject]],
-        stepping: list[tuple[int, StateRef, ObjectState]],
+        stepping: list[tuple[int, StateRef, TrackedState]],
         digest: str | None,
         timer: PhaseTimer,
         answers: dict[int, tuple[object, StateRef]],
     ) -> tuple[int, int]:
-        """Run SAM 2 on the frame for new and continued objects, store their states and
+        """Run the model on the frame for new and continued objects, store their states and
         put their answers into ``answers``; returns the frame size (height, width)."""
         with timer.phase("decode"):
             try:
@@ -212,9 +196,9 @@ class ModelHandler:
         self._check_compatible(states, [i for i, _, _ in stepping], frame_size)
 
         with timer.phase("preprocess"):
-            pixels = preprocess_frame(frame, self.tracker.image_size, self.tracker.device)
+            prepared = self.tracker.prepare(frame)
         with timer.phase("image_encoder"):
-            features = self.tracker.encode_frame(pixels, frame_size)
+            features = self.tracker.encode(prepared)
         with timer.phase("tracking"):
             started = self.tracker.start(
                 features,
@@ -254,26 +238,36 @@ class ModelHandler:
         except ShapeError as error:
             raise bad_request(f"shapes[{index}]: {error}") from error
 
-    def _load(self, refs: list[StateRef], digest: str | None) -> list[ObjectState | Replay]:
-        if not refs:
+    def _load(
+        self, continued: list[tuple[int, StateRef]], digest: str | None
+    ) -> list[TrackedState | Replay]:
+        """The stored states of the continued objects ((request index, ref) pairs)."""
+        if not continued:
             return []
+        refs = [ref for _, ref in continued]
         try:
             return self._store(lambda: self.store.load(refs, digest))
+        except StateFromAnotherModel as error:
+            index = next(i for i, ref in continued if ref.token == str(error))
+            raise self._another_model(index, error.model_id) from error
         except StateFormatError as error:
             raise RequestError(
                 410, f"a stored state is unreadable ({error}); {RESTART_HINT}"
             ) from error
 
+    def _another_model(self, index: int, model_id: str) -> RequestError:
+        return RequestError(
+            409,
+            f"states[{index}] was made by model {model_id}, this function runs "
+            f"{self.tracker.model_id}; {RESTART_HINT}",
+        )
+
     def _check_compatible(
-        self, states: list[ObjectState], indices: list[int], frame_size: tuple[int, int]
+        self, states: list[TrackedState], indices: list[int], frame_size: tuple[int, int]
     ) -> None:
         for index, state in zip(indices, states):
             if state.model_id != self.tracker.model_id:
-                raise RequestError(
-                    409,
-                    f"states[{index}] was made by model {state.model_id}, this function runs "
-                    f"{self.tracker.model_id}; {RESTART_HINT}",
-                )
+                raise self._another_model(index, state.model_id)
             if state.frame_size != frame_size:
                 raise bad_request(
                     f"states[{index}] tracks {state.frame_size[1]}x{state.frame_size[0]} "
@@ -305,8 +299,8 @@ class ModelHandler:
             ) from error
 
     def _answer(
-        self, result: StepResult, frame_size: tuple[int, int], fallback_box: Box | None
-    ) -> tuple[object, ObjectState]:
+        self, result: TrackResult, frame_size: tuple[int, int], fallback_box: Box | None
+    ) -> tuple[object, TrackedState]:
         """(the JSON answer, the state to store) for one object on this frame."""
         points, state = answer_points(self.tracker, result, frame_size, fallback_box)
         if points is None:

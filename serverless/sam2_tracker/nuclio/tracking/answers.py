@@ -1,15 +1,15 @@
-"""CVAT shapes as SAM 2 prompts, and SAM 2's masks as CVAT answers: one place for the
+"""CVAT shapes as prompts, and a backend's masks as CVAT answers: one place for the
 Nuclio handler, the cvat-cli agent and the keyframe tool."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import torch
-from tracker_state.state import ObjectState
+from tracker_state.codec import TrackedState
 
-from tracking.engine import BoxPrompt, MaskPrompt, Prompt, Sam2StreamTracker, StepResult
+from tracking.backend import FrameTracker, TrackResult
+from tracking.engine import BoxPrompt, MaskPrompt, Prompt
 from tracking.shapes import ShapeError, decode_rle, encode_shape, parse_box, rasterize_polygon
 
 Box = tuple[float, float, float, float]
@@ -33,20 +33,17 @@ def shape_prompt(shape_type: str, points: object, frame_size: tuple[int, int]) -
 
 
 def answer_points(
-    tracker: Sam2StreamTracker,
-    result: StepResult,
+    tracker: FrameTracker,
+    result: TrackResult,
     frame_size: tuple[int, int],
     fallback_box: Box | None,
-) -> tuple[list | None, ObjectState]:
+) -> tuple[list | None, TrackedState]:
     """(points in the object's shape type, or None when not visible; the state to keep).
 
     Rectangles are never None while a box is known: CVAT's rectangle panel cannot take
     ``null``, so while SAM 2 says the object is not visible they keep the last box where
     it was seen (``fallback_box``: the state's ``last_box``, or the prompt's box)."""
-    # One object at a time: full-size float logits of many objects on 4K frames would
-    # take gigabytes.
-    logits = tracker.upsample(result.low_res_logits[None], frame_size)
-    mask: np.ndarray = (logits[0, 0] > 0).cpu().numpy()
+    mask = tracker.frame_mask(result, frame_size)
     state = result.state
     points = encode_shape(state.shape_type, mask)
     if state.shape_type == "rectangle":

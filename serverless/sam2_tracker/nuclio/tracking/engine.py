@@ -28,12 +28,16 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from sam2.sam2_video_predictor import SAM2VideoPredictor, SAM2VideoPredictorVOS
 from sam2.utils.misc import fill_holes_in_mask_scores
+from tracker_state.codec import SAM2_BACKEND, Sam2StateCodec
 from tracker_state.state import MemoryView, ObjectState
 
+from tracking.frames import PreparedFrame, preprocess_frame
 from tracking.memory_attention import FrameSharedMemoryAttention
 
 # Stands in for the unknown video length (only ``min(num_frames, 16)`` and
@@ -114,7 +118,10 @@ class StepResult:
 
 
 class Sam2StreamTracker:
-    """Runs SAM 2 one frame at a time for many objects, each with explicit state."""
+    """Runs SAM 2 one frame at a time for many objects, each with explicit state (the
+    ``sam2`` backend of ``tracking.backend.FrameTracker``)."""
+
+    backend = SAM2_BACKEND
 
     def __init__(
         self,
@@ -160,7 +167,27 @@ class Sam2StreamTracker:
             enabled=self.precision != torch.float32,
         )
 
+    @property
+    def codec(self) -> Sam2StateCodec:
+        return Sam2StateCodec(self.memory_capacity)
+
+    def describe(self) -> str:
+        precision = str(self.precision).removeprefix("torch.")
+        return (
+            f"SAM 2 tracker ready: model {self.model_id} (input {self.image_size}px) "
+            f"on {self.device}, {precision}, "
+            f"{'compiled' if self.compiled else 'not compiled'}, "
+            f"up to {self.max_batch} objects per pass"
+        )
+
     # -- image -----------------------------------------------------------------
+
+    def prepare(self, image: Image.Image) -> PreparedFrame:
+        """SAM 2's input for a decoded RGB frame (``tracking.frames.preprocess_frame``)."""
+        return PreparedFrame(image, preprocess_frame(image, self.image_size, self.device))
+
+    def encode(self, frame: PreparedFrame) -> FrameFeatures:
+        return self.encode_frame(frame.pixels, frame.frame_size)
 
     @torch.inference_mode()
     def encode_frame(self, pixels: torch.Tensor, frame_size: tuple[int, int]) -> FrameFeatures:
@@ -438,6 +465,12 @@ class Sam2StreamTracker:
         if self.model.fill_hole_area > 0:
             return fill_holes_in_mask_scores(low_res, self.model.fill_hole_area)
         return low_res
+
+    def frame_mask(self, result: StepResult, frame_size: tuple[int, int]) -> np.ndarray:
+        """(H, W) bool: the upsampled logits above 0, as the official predictor's masks.
+        One object at a time: full-size float logits of many objects on 4K frames would
+        take gigabytes."""
+        return (self.upsample(result.low_res_logits[None], frame_size)[0, 0] > 0).cpu().numpy()
 
     @staticmethod
     def upsample(low_res_logits: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:

@@ -13,6 +13,7 @@ import binascii
 import functools
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,6 +24,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # 8K UHD is the largest frame CVAT users are expected to send; anything larger is
 # refused before decoding so a crafted header cannot make us allocate gigabytes.
 DEFAULT_MAX_PIXELS = 7680 * 4320
+
+
+@dataclass(frozen=True)
+class PreparedFrame:
+    """A decoded frame and the network input a backend made of it."""
+
+    image: Image.Image  # RGB, as CVAT sent it
+    pixels: torch.Tensor  # (1, 3, h, w) float32, normalised, on the backend's device
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return (self.image.height, self.image.width)
 
 
 class FrameError(ValueError):

@@ -225,3 +225,18 @@ def build_tracker(
         logger.info("warming up compiled SAM 2 (the first time takes minutes)")
         tracker.warm_up()
     return tracker
+
+
+def load_sam2_tracker(env: dict[str, str], logger: InfoLogger = log):
+    """The ``sam2`` backend (``tracking.backend``): SAM 2 from the ``SAM2_*`` variables, and
+    a note on hole filling for the startup line."""
+    from tracking.backend import LoadedBackend  # the seam imports this module
+
+    settings = ModelSettings.from_env(env)
+    tracker = build_tracker(load_sam2(settings, env, logger), settings, logger)
+    if hole_filling_available():
+        holes = "hole filling on (sam2._C)"
+    else:
+        holes = "hole filling off: sam2._C is not built (the official predictor skips it too)"
+        silence_missing_extension()
+    return LoadedBackend(tracker, (holes,))

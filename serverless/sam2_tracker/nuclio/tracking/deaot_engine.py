@@ -1,0 +1,312 @@
+"""Frame-by-frame DeAOT tracking with explicit, bounded per-object state (the ``deaot``
+backend of ``tracking.backend.FrameTracker``), computed as SAM-Track computes it.
+
+SAM-Track drives deaotpy's engine with ``add_reference_frame`` on the first frame, then
+per frame ``match_propogate_one_frame``, ``decode_current_logits`` at the frame's
+size, argmax, and ``update_memory`` with that label. Here each object has an engine
+of its own (object in ID slot 1; see ``tracker_state.deaot_state``), rebuilt for
+each call from the object's stored memories, so any worker can continue any object:
+
+* the image encoder runs once per frame for all objects (deaotpy's engines reuse it
+  the same way across their sub-engines);
+* the mask is taken from the background and object channels only: deaotpy sets every
+  unused ID channel to -1e10 before the bilinear upsampling, so argmax over all of
+  them picks the same pixels as "object logit > background logit", without a
+  full-size tensor of 11 channels per object;
+* long-term memory: the reference frame's, kept for the whole track, plus (with
+  ``DEAOT_LONG_TERM_GAP``) one every ``gap`` frames; at most ``DEAOT_MAX_LONG_TERM``
+  frames in all, the oldest periodic one dropped first. deaotpy's own cap
+  (``max_len_long_term``) would drop the oldest, which is the reference: the user's
+  annotation. Below the cap both give the same memory, newest first, reference last.
+
+Boxes are no masks: a rectangle is turned into the reference mask by SAM 2's box
+prompt (the prompt frame of ``tracking.engine``), not by SAM 1 as in SAM-Track
+(``segment-anything`` imports torchvision; SAM 2's box prompt is better and runs here
+already). Where SAM 2 finds nothing in the box, the box itself is the mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tracker_state.deaot_state import (
+    DEAOT_BACKEND,
+    DeaotState,
+    DeaotStateCodec,
+    FrameMemory,
+)
+
+from tracking.backend import LoadedBackend
+from tracking.deaot_frames import MAX_LONG_EDGE, deaot_pixels, label_for_input
+from tracking.deaot_model import DeaotSettings, load_deaot
+from tracking.engine import BoxPrompt, MaskPrompt, Prompt, Sam2StreamTracker
+from tracking.frames import PreparedFrame
+from tracking.model_loading import (
+    InfoLogger,
+    ModelSettings,
+    build_tracker,
+    hole_filling_available,
+    load_sam2,
+    silence_missing_extension,
+)
+
+# deaotpy's own cap never applies: the cap with the reference kept is applied here.
+UNBOUNDED = 1 << 30
+
+
+@dataclass(frozen=True)
+class DeaotFeatures:
+    """One frame's encoder output, shared by all objects."""
+
+    frame: PreparedFrame
+    embeddings: list[torch.Tensor]  # multi-scale (1, C_i, h_i, w_i), the last at stride 16
+
+
+@dataclass(frozen=True)
+class DeaotStepResult:
+    """One object's outcome on one frame."""
+
+    state: DeaotState
+    mask: torch.Tensor  # (H, W) bool at the frame's size
+    # (2, h/4, w/4) float32 background and object logits from the decoder (None on the
+    # reference frame, whose mask is the prompt itself).
+    logits: torch.Tensor | None
+
+
+def _frozen(memory) -> FrameMemory:
+    return tuple(tuple(tensors) for tensors in memory)
+
+
+class DeaotTracker:
+    """Runs DeAOT one frame at a time for many objects, one engine per object."""
+
+    backend = DEAOT_BACKEND
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        model_name: str,
+        long_term_gap: int,
+        max_long_term: int,
+        box_tracker: Sam2StreamTracker | None = None,
+    ) -> None:
+        from aot.networks.engines import DeAOTEngine
+
+        self._engine_class = DeAOTEngine
+        self.network = network
+        self.model_name = model_name
+        self.device = next(network.parameters()).device
+        self.align_corners: bool = network.cfg.MODEL_ALIGN_CORNERS
+        self.max_long_edge = MAX_LONG_EDGE
+        self.long_term_gap = long_term_gap
+        self.max_long_term = max_long_term
+        self.box_tracker = box_tracker
+        # The settings that change what a state holds are part of its model's name.
+        self.model_id = (
+            f"{model_name}@{self.max_long_edge:g}:gap{long_term_gap}:max{max_long_term}"
+        )
+        self._pos_emb: dict[tuple[int, int], torch.Tensor] = {}
+
+    @property
+    def codec(self) -> DeaotStateCodec:
+        return DeaotStateCodec(self.max_long_term - 1)
+
+    def describe(self) -> str:
+        return (
+            f"DeAOT tracker ready: model {self.model_name} (long edge up to "
+            f"{self.max_long_edge:g}px) on {self.device}, float32, long-term memory: the "
+            f"reference frame{self._long_term_text()}"
+        )
+
+    def _long_term_text(self) -> str:
+        if self.max_long_term == 1:
+            return " only"
+        return f" and one every {self.long_term_gap} frames, {self.max_long_term} at most"
+
+    # -- image -----------------------------------------------------------------
+
+    def prepare(self, image: Image.Image) -> PreparedFrame:
+        pixels = deaot_pixels(np.asarray(image), self.align_corners, self.max_long_edge)
+        return PreparedFrame(image, pixels.to(self.device))
+
+    @torch.no_grad()
+    def encode(self, frame: PreparedFrame) -> DeaotFeatures:
+        return DeaotFeatures(frame, self.network.encode_image(frame.pixels))
+
+    # -- engines ---------------------------------------------------------------
+
+    def _new_engine(self, features: DeaotFeatures):
+        engine = self._engine_class(
+            self.network,
+            long_term_mem_gap=self.long_term_gap,
+            short_term_mem_skip=1,
+            max_len_long_term=UNBOUNDED,
+        )
+        return engine.eval()
+
+    def _positions(self, features: DeaotFeatures) -> torch.Tensor:
+        """(h * w, 1, C) positional embedding of the stride-16 grid, as the engine builds
+        it on the reference frame (it depends only on the grid's size)."""
+        last = features.embeddings[-1]
+        size = tuple(last.shape[-2:])
+        if size not in self._pos_emb:
+            pos_emb = self.network.get_pos_emb(last).expand(1, -1, -1, -1)
+            self._pos_emb[size] = pos_emb.view(1, -1, size[0] * size[1]).permute(2, 0, 1)
+        return self._pos_emb[size]
+
+    def _restored_engine(self, features: DeaotFeatures, state: DeaotState):
+        """A fresh engine holding exactly ``state``'s memories, as deaotpy's engine holds
+        them after tracking the state's frame."""
+        engine = self._new_engine(features)
+        engine.obj_nums = [1]
+        engine.frame_step = state.frame_index
+        engine.last_mem_step = state.last_long_term_frame
+        engine.update_size(state.input_size, tuple(features.embeddings[-1].shape[-2:]))
+        engine.pos_emb = self._positions(features)
+        newest_first = [state.long_term[t] for t in sorted(state.long_term, reverse=True)]
+        frames = [*newest_first, state.reference]
+        engine.long_term_memories = [
+            [
+                None
+                if state.reference[layer][element] is None
+                else torch.cat([memory[layer][element] for memory in frames], dim=0)
+                for element in range(len(state.reference[layer]))
+            ]
+            for layer in range(len(state.reference))
+        ]
+        short_term = [list(tensors) for tensors in state.short_term]
+        engine.short_term_memories = short_term
+        engine.short_term_memories_list = [short_term]
+        return engine
+
+    # -- reference frame -------------------------------------------------------
+
+    def _prompt_mask(self, features: DeaotFeatures, prompt: Prompt, legacy: bool) -> np.ndarray:
+        if isinstance(prompt, MaskPrompt):
+            return prompt.mask.cpu().numpy().astype(bool)
+        if self.box_tracker is None:
+            raise ValueError("rectangles need SAM 2 for their masks, and none is loaded")
+        sam2 = self.box_tracker
+        sam2_features = sam2.encode(sam2.prepare(features.frame.image))
+        (result,) = sam2.start(sam2_features, [prompt], ["rectangle"], [legacy])
+        mask = sam2.frame_mask(result, features.frame.frame_size)
+        if not mask.any():
+            x1, y1, x2, y2 = prompt.box
+            mask[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] = True
+        return mask
+
+    @torch.no_grad()
+    def start(
+        self,
+        features: DeaotFeatures,
+        prompts: list[Prompt],
+        shape_types: list[str],
+        legacy_flags: list[bool],
+    ) -> list[DeaotStepResult]:
+        """Reference frames of new objects: each prompt's mask (a box's from SAM 2) is
+        the object's reference memory and its answer on this frame."""
+        results = []
+        for prompt, shape_type, legacy in zip(prompts, shape_types, legacy_flags, strict=True):
+            mask = self._prompt_mask(features, prompt, legacy)
+            pixels = features.frame.pixels
+            input_size = tuple(pixels.shape[-2:])
+            engine = self._new_engine(features)
+            engine.add_reference_frame(
+                pixels,
+                label_for_input(mask, input_size).to(self.device),
+                frame_step=0,
+                obj_nums=[1],
+                img_embs=features.embeddings,
+            )
+            state = DeaotState(
+                model_id=self.model_id,
+                shape_type=shape_type,
+                legacy=legacy,
+                frame_size=features.frame.frame_size,
+                frame_index=0,
+                input_size=input_size,
+                reference=_frozen(engine.long_term_memories),
+                short_term=_frozen(engine.short_term_memories),
+                long_term={},
+                long_term_count=0,
+                last_long_term_frame=0,
+                last_box=prompt.box if isinstance(prompt, BoxPrompt) else None,
+            )
+            results.append(DeaotStepResult(state, torch.from_numpy(mask), None))
+        return results
+
+    # -- later frames ----------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, features: DeaotFeatures, states: list[DeaotState]) -> list[DeaotStepResult]:
+        """Each object's next frame, one engine per object over the shared features."""
+        return [self._step_one(features, state) for state in states]
+
+    def _step_one(self, features: DeaotFeatures, state: DeaotState) -> DeaotStepResult:
+        engine = self._restored_engine(features, state)
+        engine.match_propogate_one_frame(None, img_embs=features.embeddings)
+        logits = engine.decode_current_logits()[:, :2]  # (1, 2, h/4, w/4)
+        full = F.interpolate(
+            logits,
+            size=state.frame_size,
+            mode="bilinear",
+            align_corners=self.align_corners,
+        )
+        mask = full[0, 1] > full[0, 0]  # argmax over background and object; ties: background
+        engine.update_short_term_memory(
+            F.interpolate(mask[None, None].float(), size=state.input_size)
+        )
+        frame_index = state.frame_index + 1
+        long_term, count = dict(state.long_term), state.long_term_count
+        if engine.last_mem_step == frame_index:  # this frame became a long-term memory
+            long_term[frame_index] = _frozen(engine.curr_lstt_output[1])
+            count += 1
+            for t in sorted(long_term)[: max(0, len(long_term) - (self.max_long_term - 1))]:
+                del long_term[t]
+        new_state = replace(
+            state,
+            frame_index=frame_index,
+            short_term=_frozen(engine.short_term_memories),
+            long_term=long_term,
+            long_term_count=count,
+            last_long_term_frame=engine.last_mem_step,
+        )
+        return DeaotStepResult(new_state, mask.cpu(), logits[0])
+
+    # -- outputs ---------------------------------------------------------------
+
+    def frame_mask(self, result: DeaotStepResult, frame_size: tuple[int, int]) -> np.ndarray:
+        return result.mask.numpy()
+
+
+def load_deaot_tracker(env: dict[str, str], logger: InfoLogger) -> LoadedBackend:
+    """The ``deaot`` backend: DeAOT from the ``DEAOT_*`` variables, and SAM 2 (the
+    ``SAM2_*`` variables) for turning rectangles into reference masks."""
+    settings = DeaotSettings.from_env(env)
+    network = load_deaot(settings)
+    sam2_settings = ModelSettings.from_env(env)
+    box_tracker = build_tracker(load_sam2(sam2_settings, env, logger), sam2_settings, logger)
+    if not hole_filling_available():
+        silence_missing_extension()
+    tracker = DeaotTracker(
+        network, settings.model, settings.long_term_gap, settings.max_long_term, box_tracker
+    )
+    notes = (
+        f"rectangles become masks through SAM 2's box prompt ({box_tracker.model_id})",
+        "correlation: deaotpy's pure-PyTorch fallback"
+        if not _correlation_extension()
+        else "correlation: spatial-correlation-sampler",
+    )
+    return LoadedBackend(tracker, notes)
+
+
+def _correlation_extension() -> bool:
+    try:
+        import spatial_correlation_sampler  # noqa: F401
+    except ImportError:
+        return False
+    return True
