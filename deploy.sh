@@ -7,11 +7,20 @@
 #
 #   SAM2_MODEL_SIZE=tiny|small|base_plus|large   (default tiny) which SAM 2.1 checkpoint the
 #                                               image fetches and the function loads
+#   TRACKER_BACKEND=sam2|deaot                    (default sam2) deaot deploys the DeAOT
+#                                               function (specs in deploy/deaot/), a
+#                                               second function beside SAM 2's
+#   DEAOT_MODEL=deaott|deaots|deaotb|deaotl|r50_deaotl|swinb_deaotl  (default deaott)
+#   STAGE_DIR=DIR   write the staged function to DIR/<function>/nuclio instead of
+#                   deploying it: CVAT's serverless/deploy_cpu.sh (or _gpu.sh) DIR deploys it
 set -euo pipefail
 spec="${1:?usage: deploy.sh function.yaml|function-gpu.yaml}"
 here="$(cd "$(dirname "$0")" && pwd)"
 function_dir="$here/serverless/sam2_tracker/nuclio"
 : "${SAM2_MODEL_SIZE:=tiny}"
+: "${TRACKER_BACKEND:=sam2}"
+: "${DEAOT_MODEL:=deaott}"
+: "${STAGE_DIR:=}"
 : "${CVAT_FUNCTIONS_REDIS_HOST:=cvat_redis_ondisk}"
 : "${CVAT_FUNCTIONS_REDIS_PORT:=6666}"
 : "${CVAT_FUNCTIONS_REDIS_PASSWORD:=}"
@@ -36,6 +45,32 @@ if [ "$SAM2_MODEL_SIZE" != tiny ]; then
           -e "s/Segment Anything 2.1 Tracker/Segment Anything 2.1 Tracker ($SAM2_MODEL_SIZE)/")
 fi
 
+spec_source="$function_dir/$spec"
+function_name=sam2_tracker
+if [ "$TRACKER_BACKEND" = deaot ]; then
+  # Google Drive ids of the PRE_YTB_DAV checkpoints in aot-benchmark's MODEL_ZOO.md.
+  case "$DEAOT_MODEL" in
+    deaott) drive_id=1ThWIZQS03cYWx1EKNN8MIMnJS5eRowzr ;;
+    deaots) drive_id=1YwIAV5tBtn5spSFxKLBQBEQGwPHyQlHi ;;
+    deaotb) drive_id=1BHxsonnvJXylqHlZ1zJHHc-ymKyq-CFf ;;
+    deaotl) drive_id=18elNz_wi9JyVBcIUYKhRdL08MA-FqHD5 ;;
+    r50_deaotl) drive_id=1QoChMkTVxdYZ_eBlZhK2acq9KMQZccPJ ;;
+    swinb_deaotl) drive_id=1g4E-F0RPOx9Nd6J7tU9AE1TjsouL4oZq ;;
+    *) echo "DEAOT_MODEL must be deaott, deaots, deaotb, deaotl, r50_deaotl or swinb_deaotl, not '$DEAOT_MODEL'" >&2
+       exit 2 ;;
+  esac
+  spec_source="$here/deploy/deaot/$spec"
+  dns_model="${DEAOT_MODEL//_/-}"
+  function_name="${DEAOT_MODEL}_tracker"
+  rename+=(-e "s/pth-deaott-tracker/pth-$dns_model-tracker/g"
+           -e "s/cvat\.pth\.deaott-tracker/cvat.pth.$dns_model-tracker/g"
+           -e "s/1ThWIZQS03cYWx1EKNN8MIMnJS5eRowzr/$drive_id/g"
+           -e "s/deaott/$DEAOT_MODEL/g")
+elif [ "$TRACKER_BACKEND" != sam2 ]; then
+  echo "TRACKER_BACKEND must be sam2 or deaot, not '$TRACKER_BACKEND'" >&2
+  exit 2
+fi
+
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
 cp -r "$function_dir"/. "$stage"/
@@ -43,7 +78,18 @@ find "$stage" -name __pycache__ -prune -exec rm -rf {} +
 rm -f "$stage"/function*.yaml
 sed -e "s/sam2\.1_hiera_tiny\.pt/sam2.1_hiera_$SAM2_MODEL_SIZE.pt/g" \
     -e "s/sam2\.1_hiera_t\.yaml/sam2.1_hiera_$letter.yaml/g" \
-    "${rename[@]}" "$function_dir/$spec" > "$stage/function.yaml"
+    "${rename[@]}" "$spec_source" > "$stage/function.yaml"
+
+if [ -n "$STAGE_DIR" ]; then
+  # CVAT's deploy_cpu.sh deploys every function.yaml under its path, deploy_gpu.sh every
+  # function-gpu.yaml.
+  target="$STAGE_DIR/$function_name/nuclio"
+  mkdir -p "$target"
+  cp -r "$stage"/. "$target"/
+  if [ "$spec" != function.yaml ]; then mv "$target/function.yaml" "$target/$spec"; fi
+  echo "staged $target"
+  exit 0
+fi
 
 "$NUCTL" create project cvat --platform local 2>/dev/null || true
 env_args=(
