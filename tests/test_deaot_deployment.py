@@ -122,3 +122,79 @@ def test_unknown_backends_and_models_are_refused(tmp_path, variable, value, mess
     )
     assert result.returncode == 2 and message in result.stderr
     assert not record.exists()
+
+
+def test_the_staged_deaot_function_runs_under_nuclios_python_runtime(
+    tmp_path, present_checkpoint, checkpoint_dir, own_redis
+):
+    """The folder our script stages for CVAT's deploy scripts, run by the stand-in for
+    Nuclio's Python runtime with the spec's environment: one startup line naming DeAOT,
+    one line per call, nothing printed beside the log (no deaotpy notice, no warning)."""
+    import base64
+    import json
+    import sys
+
+    import numpy as np
+    from conftest import davis_sequence, frame_paths, ground_truth
+    from tracking.deaot_model import make_random_deaot_checkpoint
+    from tracking.shapes import encode_shape
+
+    stage_dir = tmp_path / "functions"
+    env = {**os.environ, "TRACKER_BACKEND": "deaot", "STAGE_DIR": str(stage_dir)}
+    subprocess.run(["bash", str(REPO / "deploy_cpu.sh")], check=True, env=env, capture_output=True)
+    folder = stage_dir / "deaott_tracker" / "nuclio"
+    spec_env = env_of(yaml.safe_load((folder / "function.yaml").read_text()))
+    deaot_checkpoint = make_random_deaot_checkpoint(checkpoint_dir / "deaott_runtime.pth")
+    runtime_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("CVAT_", "SAM2_"))},
+        **spec_env,
+        "PYTHONPATH": "",
+        "DEAOT_CHECKPOINT": str(deaot_checkpoint),
+        "SAM2_CHECKPOINT": str(present_checkpoint),
+        "SAM2_HYDRA_OVERRIDES": "++model.image_size=256",
+        "CVAT_FUNCTIONS_REDIS_HOST": "127.0.0.1",
+        "CVAT_FUNCTIONS_REDIS_PORT": str(own_redis.port),
+    }
+    sequence = davis_sequence("dog")
+    frames = [base64.b64encode(p.read_bytes()).decode() for p in frame_paths(sequence)[:2]]
+    mask = {"type": "mask", "points": encode_shape("mask", ground_truth(sequence))}
+    box = {"type": "rectangle", "points": [260.0, 120.0, 560.0, 420.0]}
+    socket_file, events = tmp_path / "socket", tmp_path / "events.jsonl"
+
+    def run(bodies: list[dict]) -> tuple[list[str], list[dict], str]:
+        events.write_text(
+            "".join(
+                json.dumps({"content_type": "application/json", "body": json.dumps(b)}) + "\n"
+                for b in bodies
+            )
+        )
+        socket_file.unlink(missing_ok=True)
+        result = subprocess.run(
+            [sys.executable, str(REPO / "tests" / "nuclio_runner.py"), "--handler",
+             "main:handler", "--socket-file", str(socket_file), "--events", str(events)],
+            cwd=folder, env=runtime_env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        logs, responses = [], []
+        for line in socket_file.read_text().splitlines():
+            if line.startswith("r"):
+                responses.append(json.loads(line[1:]))
+            else:
+                logs.append(json.loads(line)["message"])
+        return logs, responses, result.stdout + result.stderr
+
+    logs, responses, printed = run([{"image": frames[0], "shapes": [mask, box], "states": []}])
+    states = json.loads(responses[0]["body"])["states"]
+    logs, responses, printed = run([{"image": frames[1], "shapes": [None, None], "states": states}])
+    assert [r["status_code"] for r in responses] == [200]
+    shapes = json.loads(responses[0]["body"])["shapes"]
+    assert [s["type"] for s in shapes] == ["mask", "rectangle"]
+    assert np.all(np.asarray(shapes[1]["points"]) >= 0)
+    startup = [line for line in logs if line.startswith("DeAOT tracker ready")]
+    assert len(startup) == 1
+    assert "model deaott" in startup[0] and "on cpu, float32" in startup[0]
+    assert "rectangles become masks through SAM 2's box prompt" in startup[0]
+    assert f"redis at 127.0.0.1:{own_redis.port}" in startup[0]
+    assert any(line.startswith("tracked 0 started, 2 continued") for line in logs)
+    assert printed.strip() == "", printed[-2000:]
+    assert len(logs) == len(set(logs))

@@ -27,6 +27,7 @@ already). Where SAM 2 finds nothing in the box, the box itself is the mask.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -139,7 +140,7 @@ class DeaotTracker:
 
     # -- engines ---------------------------------------------------------------
 
-    def _new_engine(self, features: DeaotFeatures):
+    def _new_engine(self):
         engine = self._engine_class(
             self.network,
             long_term_mem_gap=self.long_term_gap,
@@ -161,7 +162,7 @@ class DeaotTracker:
     def _restored_engine(self, features: DeaotFeatures, state: DeaotState):
         """A fresh engine holding exactly ``state``'s memories, as deaotpy's engine holds
         them after tracking the state's frame."""
-        engine = self._new_engine(features)
+        engine = self._new_engine()
         engine.obj_nums = [1]
         engine.frame_step = state.frame_index
         engine.last_mem_step = state.last_long_term_frame
@@ -214,7 +215,7 @@ class DeaotTracker:
             mask = self._prompt_mask(features, prompt, legacy)
             pixels = features.frame.pixels
             input_size = tuple(pixels.shape[-2:])
-            engine = self._new_engine(features)
+            engine = self._new_engine()
             engine.add_reference_frame(
                 pixels,
                 label_for_input(mask, input_size).to(self.device),
@@ -287,6 +288,9 @@ def load_deaot_tracker(env: dict[str, str], logger: InfoLogger) -> LoadedBackend
     """The ``deaot`` backend: DeAOT from the ``DEAOT_*`` variables, and SAM 2 (the
     ``SAM2_*`` variables) for turning rectangles into reference masks."""
     settings = DeaotSettings.from_env(env)
+    # deaotpy's position encoding calls torch.meshgrid without ``indexing``: a
+    # deprecation notice on the first frame of every worker, nothing to act on.
+    warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
     network = load_deaot(settings)
     sam2_settings = ModelSettings.from_env(env)
     box_tracker = build_tracker(load_sam2(sam2_settings, env, logger), sam2_settings, logger)
