@@ -10,7 +10,11 @@ Paths (each tracks frames 1..N-1 after a mask prompt on frame 0):
   on loopback, states in Redis (the machine's, or --redis-port), as in run_benchmark;
 * ``ours-deaot``: the same with ``TRACKER_BACKEND=deaot`` (DeAOT-T);
 * ``deaotpy``: deaotpy's ``DeAOTInferEngine``, one per object, driven as SAM-Track
-  drives it (frames decoded up front, load time reported apart), nothing stored.
+  drives it (frames decoded up front, load time reported apart), nothing stored: the
+  reference our DeAOT backend equals;
+* ``deaotpy-joint``: one ``DeAOTInferEngine`` holding all objects, as SAM-Track itself
+  runs them (objects share one identity bank and compete per pixel, so its masks are
+  not comparable: speed context only).
 
 The first pass runs each path alone (peak resident memory of this process, which holds
 all three models; state bytes per object in Redis; masks for agreement); timings come
@@ -60,13 +64,23 @@ warnings.filterwarnings("ignore", message=".*torch.meshgrid.*")
 
 
 class DeaotpyPath:
-    """deaotpy's engine, one per object, as SAM-Track's tracker drives it."""
+    """deaotpy's engine as SAM-Track's tracker drives it: one per object, or (``joint``)
+    one for all objects (object k is ID k + 1; later objects win overlapping pixels)."""
 
-    label = "deaotpy"
-
-    def __init__(self, network, paths: list[Path], masks: list[np.ndarray]) -> None:
+    def __init__(self, network, paths: list[Path], masks: list[np.ndarray], joint=False) -> None:
         self.network, self.paths, self.masks = network, paths, masks
+        self.joint = joint
+        self.label = "deaotpy-joint" if joint else "deaotpy"
         self.load_seconds = 0.0
+
+    def _labels(self) -> list[tuple[np.ndarray, int]]:
+        """(label map, object count) per engine."""
+        if not self.joint:
+            return [(mask.astype(np.int32), 1) for mask in self.masks]
+        labels = np.zeros(self.masks[0].shape, np.int32)
+        for index, mask in enumerate(self.masks):
+            labels[mask] = index + 1
+        return [(labels, len(self.masks))]
 
     @torch.no_grad()
     def track(self) -> Iterator[FrameSample]:
@@ -77,11 +91,11 @@ class DeaotpyPath:
         self.load_seconds = time.perf_counter() - start
         first = deaot_pixels(frames[0], align_corners=True)
         engines = []
-        for mask in self.masks:
+        for labels, count in self._labels():
             engine = build_engine("deaotengine", phase="eval", aot_model=self.network, gpu_id=0)
-            label = torch.from_numpy(mask.astype(np.int32))[None, None].float()
+            label = torch.from_numpy(labels)[None, None].float()
             label = torch.nn.functional.interpolate(label, size=first.shape[-2:], mode="nearest")
-            engine.add_reference_frame(first, label, obj_nums=1, frame_step=0)
+            engine.add_reference_frame(first, label, obj_nums=count, frame_step=0)
             engines.append(engine)
         for image in frames[1:]:
             start = time.perf_counter()
@@ -92,7 +106,7 @@ class DeaotpyPath:
                 logits = engine.decode_current_logits(image.shape[:2])
                 label = torch.argmax(logits, dim=1, keepdim=True).float()
                 engine.update_memory(label)
-                masks.append((label[0, 0] > 0).numpy())
+                masks.append((label[0, 0] == 1).numpy())
             yield FrameSample(time.perf_counter() - start, masks[0])
 
     def state_bytes(self) -> int:
@@ -149,6 +163,7 @@ def main(argv: list[str] | None = None) -> Path:
                 path.label = label
                 contenders.append(path)
             contenders.append(DeaotpyPath(network, paths, masks))
+            contenders.append(DeaotpyPath(network, paths, masks, joint=True))
             results = measure(contenders, torch.device("cpu"), args.repeats)
             summaries = {label: result.summary() for label, result in results.items()}
             ours_deaot = summaries["ours-deaot"]["seconds_per_frame"]["median"]

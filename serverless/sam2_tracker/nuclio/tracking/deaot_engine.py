@@ -43,7 +43,7 @@ from tracker_state.deaot_state import (
 
 from tracking.backend import LoadedBackend
 from tracking.deaot_frames import MAX_LONG_EDGE, deaot_pixels, label_for_input
-from tracking.deaot_model import DeaotSettings, load_deaot
+from tracking.deaot_model import DEFAULT_LONG_TERM_GAP, DeaotSettings, load_deaot
 from tracking.engine import BoxPrompt, MaskPrompt, Prompt, Sam2StreamTracker
 from tracking.frames import PreparedFrame
 from tracking.model_loading import (
@@ -107,9 +107,7 @@ class DeaotTracker:
         self.max_long_term = max_long_term
         self.box_tracker = box_tracker
         # The settings that change what a state holds are part of its model's name.
-        self.model_id = (
-            f"{model_name}@{self.max_long_edge:g}:gap{long_term_gap}:max{max_long_term}"
-        )
+        self.model_id = f"{model_name}@{self.max_long_edge:g}:gap{long_term_gap}:max{max_long_term}"
         self._pos_emb: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
@@ -124,8 +122,8 @@ class DeaotTracker:
         )
 
     def _long_term_text(self) -> str:
-        if self.max_long_term == 1:
-            return " only"
+        if self.max_long_term == 1 or self.long_term_gap >= DEFAULT_LONG_TERM_GAP:
+            return f" only (long-term gap {self.long_term_gap})"
         return f" and one every {self.long_term_gap} frames, {self.max_long_term} at most"
 
     # -- image -----------------------------------------------------------------
