@@ -83,10 +83,12 @@ sed -e "s/sam2\.1_hiera_tiny\.pt/sam2.1_hiera_$SAM2_MODEL_SIZE.pt/g" \
 if [ -n "$STAGE_DIR" ]; then
   # CVAT's deploy_cpu.sh deploys every function.yaml under its path, deploy_gpu.sh every
   # function-gpu.yaml.
+  # The CPU and the GPU spec of one function may be staged into the same folder.
   target="$STAGE_DIR/$function_name/nuclio"
   mkdir -p "$target"
+  mv "$stage/function.yaml" "$stage.spec"
   cp -r "$stage"/. "$target"/
-  if [ "$spec" != function.yaml ]; then mv "$target/function.yaml" "$target/$spec"; fi
+  mv "$stage.spec" "$target/$spec"
   echo "staged $target"
   exit 0
 fi

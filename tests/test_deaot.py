@@ -406,3 +406,53 @@ def test_cvat_flow_equals_deaotpy_and_survives_restart(
         assert per_frame[7] == per_frame[11] > 0, (obj, per_frame)
     log = server.log.read_text()
     assert "DeAOT tracker ready: model deaott" in log
+
+
+def test_malformed_stored_states_are_refused_not_tracked(deaot_network):
+    """Stored parts that decode as safetensors but do not fit together or the model are
+    StateFormatError (the handler's 410), never a crash inside the model."""
+    from dataclasses import replace
+
+    from tracker_state import StateFormatError
+
+    tracker = DeaotTracker(deaot_network, "deaott", 1, 3)
+    frame = np.random.default_rng(0).integers(0, 256, (64, 96, 3)).astype(np.uint8)
+    features = tracker.encode(tracker.prepare(Image.fromarray(frame)))
+    mask = torch.zeros(64, 96, dtype=torch.bool)
+    mask[10:40, 20:60] = True
+    (started,) = tracker.start(features, [MaskPrompt(mask)], ["mask"], [False])
+    (stepped,) = tracker.step(features, [started.state])
+    state = stepped.state
+    assert sorted(state.long_term) == [1]
+    codec = tracker.codec
+    decoded = codec.decode(codec.encode(state))
+    assert decoded.long_term.keys() == state.long_term.keys()
+    # Kept tensors own their memory (no view into a larger buffer of the engine).
+    for tensor in (
+        t for layer in state.reference + state.short_term for t in layer if t is not None
+    ):
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+
+    def shrunk(memory, sizes):
+        return tuple(
+            tuple(None if t is None else t[tuple(slice(0, n) for n in sizes)] for t in layer)
+            for layer in memory
+        )
+
+    broken = {
+        "another input size": replace(state, input_size=(17, 17)),
+        "fewer tokens": replace(state, reference=shrunk(state.reference, (5,))),
+        "fewer channels": replace(state, short_term=shrunk(state.short_term, (1, 7))),
+        "an empty layout": replace(
+            state,
+            reference=((None,) * 4,),
+            short_term=((None,) * 4,),
+            long_term={1: ((None,) * 4,)},
+        ),
+        "a long-term frame after the last": replace(state, last_long_term_frame=0),
+        "fewer long-term memories made than kept": replace(state, long_term_count=0),
+    }
+    for what, bad in broken.items():
+        with pytest.raises(StateFormatError):
+            codec.decode(codec.encode(bad))
+            pytest.fail(f"a state with {what} was decoded")

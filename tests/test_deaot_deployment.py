@@ -198,3 +198,14 @@ def test_the_staged_deaot_function_runs_under_nuclios_python_runtime(
     assert any(line.startswith("tracked 0 started, 2 continued") for line in logs)
     assert printed.strip() == "", printed[-2000:]
     assert len(logs) == len(set(logs))
+
+
+def test_cpu_and_gpu_specs_staged_into_one_folder_are_both_kept(tmp_path):
+    stage_dir = tmp_path / "functions"
+    env = {**os.environ, "TRACKER_BACKEND": "deaot", "STAGE_DIR": str(stage_dir)}
+    for script in ("deploy_cpu.sh", "deploy_gpu.sh"):
+        subprocess.run(["bash", str(REPO / script)], check=True, env=env, capture_output=True)
+    folder = stage_dir / "deaott_tracker" / "nuclio"
+    assert files_under(folder) == FUNCTION_FILES
+    for name in SPECS:
+        check_deaot_spec(yaml.safe_load((folder / name).read_text()), gpu="gpu" in name)

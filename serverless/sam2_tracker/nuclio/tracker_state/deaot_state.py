@@ -109,14 +109,27 @@ def _layout(memory: FrameMemory) -> torch.Tensor:
     )
 
 
+def token_grid(input_size: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of the stride-16 token grid for an input of ``input_size``: every DeAOT
+    encoder halves a side n to ceil(n / 2) four times."""
+    return (-(-input_size[0] // 16), -(-input_size[1] // 16))
+
+
 class DeaotStateCodec:
     """DeAOT states in the stores, with ``long_term_slots`` ring slots for periodic
-    long-term memories (``DEAOT_MAX_LONG_TERM`` - 1)."""
+    long-term memories (``DEAOT_MAX_LONG_TERM`` - 1). With ``memory_channels`` (per
+    layer, the channels of its four memory tensors, None where absent: the model's),
+    decoding also checks that a state fits the model."""
 
     backend = DEAOT_BACKEND
 
-    def __init__(self, long_term_slots: int) -> None:
+    def __init__(
+        self,
+        long_term_slots: int,
+        memory_channels: tuple[tuple[int | None, ...], ...] | None = None,
+    ) -> None:
         self.long_term_slots = long_term_slots
+        self.memory_channels = memory_channels
         self.part_names = [
             HEAD,
             REFERENCE,
@@ -228,6 +241,25 @@ class DeaotStateCodec:
             _expect(head, "last_box", torch.float64, (4,))
             last_box = tuple(float(v) for v in head["last_box"])
         frame_index = int(head["frame_index"])
+        input_size = tuple(int(v) for v in head["input_size"])
+        if min(input_size) < 1:
+            raise StateFormatError("state field 'input_size' is malformed")
+        grid = token_grid(input_size)
+        present = [[bool(v) for v in row] for row in layout.tolist()]
+        if not present or not any(any(row) for row in present):
+            raise StateFormatError("state field 'layout' is empty")
+        if self.memory_channels is not None and present != [
+            [c is not None for c in row] for row in self.memory_channels
+        ]:
+            raise StateFormatError("state's memory layout is not this model's")
+        channels: dict[tuple[int, int], int] = {}
+        if self.memory_channels is not None:
+            channels = {
+                (layer, element): c
+                for layer, row in enumerate(self.memory_channels)
+                for element, c in enumerate(row)
+                if c is not None
+            }
 
         def memory(name: str, expected_frame: int, two_d: bool) -> FrameMemory:
             tensors = _load(parts.get(name), name)
@@ -235,38 +267,58 @@ class DeaotStateCodec:
             if int(tensors["frame_index"]) != expected_frame:
                 raise StateFormatError(f"state part {name!r} holds another frame than expected")
             layers = []
-            for layer, present in enumerate(layout.tolist()):
+            for layer, row in enumerate(present):
                 elements = []
-                for element, has in enumerate(present):
+                for element, has in enumerate(row):
                     tensor = tensors.get(f"layer{layer}.{element}")
-                    if bool(has) != (tensor is not None):
+                    if has != (tensor is not None):
                         raise StateFormatError(f"state part {name!r} does not match its layout")
-                    if tensor is not None and (
-                        tensor.dtype != MEMORY_DTYPE or tensor.dim() != (4 if two_d else 3)
-                    ):
-                        raise StateFormatError(f"state part {name!r} has a malformed tensor")
+                    if tensor is not None:
+                        width = channels.setdefault(
+                            (layer, element),
+                            int(tensor.shape[1 if two_d else -1]) if tensor.dim() in (3, 4) else -1,
+                        )
+                        shape = (1, width, *grid) if two_d else (grid[0] * grid[1], 1, width)
+                        if tensor.dtype != MEMORY_DTYPE or tuple(tensor.shape) != shape:
+                            raise StateFormatError(
+                                f"state part {name!r} has a tensor of another shape than {shape}"
+                            )
                     elements.append(tensor)
                 layers.append(tuple(elements))
             return tuple(layers)
 
+        count = int(head["long_term_count"])
+        last_long_term_frame = int(head["last_long_term_frame"])
+        ring_frames = [t for t in ring.tolist() if t >= 0]
+        if (
+            len(set(ring_frames)) != len(ring_frames)
+            or any(not 1 <= t <= last_long_term_frame for t in ring_frames)
+            or not 0 <= last_long_term_frame <= frame_index
+            or count < len(ring_frames)
+        ):
+            raise StateFormatError("state's long-term memory ring is inconsistent")
         long_term = {
             int(t): memory(long_term_part(slot), int(t), two_d=False)
             for slot, t in sorted(enumerate(ring.tolist()), key=lambda item: item[1])
             if t >= 0
         }
         height, width = (int(v) for v in head["frame_size"])
-        input_height, input_width = (int(v) for v in head["input_size"])
-        return DeaotState(
+        reference = memory(REFERENCE, 0, two_d=False)
+        state = DeaotState(
             model_id=metadata.get("model_id", ""),
             shape_type=shape_type,
             legacy=metadata.get("legacy") == "1",
             frame_size=(height, width),
             frame_index=frame_index,
-            input_size=(input_height, input_width),
-            reference=memory(REFERENCE, 0, two_d=False),
+            input_size=input_size,
+            reference=reference,
             short_term=memory(SHORT_TERM, frame_index, two_d=True),
             long_term=long_term,
-            long_term_count=int(head["long_term_count"]),
-            last_long_term_frame=int(head["last_long_term_frame"]),
+            long_term_count=count,
+            last_long_term_frame=last_long_term_frame,
             last_box=last_box,
         )
+        slots = {t: slot for slot, t in enumerate(ring.tolist()) if t >= 0}
+        if slots != self._slots(state):
+            raise StateFormatError("state's long-term memory ring is inconsistent")
+        return state

@@ -43,7 +43,7 @@ from tracker_state.deaot_state import (
 
 from tracking.backend import LoadedBackend
 from tracking.deaot_frames import MAX_LONG_EDGE, deaot_pixels, label_for_input
-from tracking.deaot_model import DEFAULT_LONG_TERM_GAP, DeaotSettings, load_deaot
+from tracking.deaot_model import DeaotSettings, load_deaot
 from tracking.engine import BoxPrompt, MaskPrompt, Prompt, Sam2StreamTracker
 from tracking.frames import PreparedFrame
 from tracking.model_loading import (
@@ -79,7 +79,13 @@ class DeaotStepResult:
 
 
 def _frozen(memory) -> FrameMemory:
-    return tuple(tuple(tensors) for tensors in memory)
+    """The engine's per-layer memory lists as a state's tuples, each tensor copied: the
+    engine's tensors are often views of larger buffers (a key is a slice of a joint
+    projection), which a kept view would keep alive in the worker cache."""
+    return tuple(
+        tuple(None if t is None else t.clone(memory_format=torch.contiguous_format) for t in ts)
+        for ts in memory
+    )
 
 
 class DeaotTracker:
@@ -109,10 +115,25 @@ class DeaotTracker:
         # The settings that change what a state holds are part of its model's name.
         self.model_id = f"{model_name}@{self.max_long_edge:g}:gap{long_term_gap}:max{max_long_term}"
         self._pos_emb: dict[tuple[int, int], torch.Tensor] = {}
+        self.memory_channels = self._read_memory_channels()
+
+    @torch.no_grad()
+    def _read_memory_channels(self) -> tuple[tuple[int | None, ...], ...]:
+        """Per LSTT layer, the channels of its four memory tensors (None where the model
+        has none), read off a reference frame on a blank 33x33 input."""
+        pixels = torch.zeros(1, 3, 33, 33, device=self.device)
+        engine = self._new_engine()
+        engine.add_reference_frame(
+            pixels, torch.zeros(1, 1, 33, 33, device=self.device), frame_step=0, obj_nums=[1]
+        )
+        return tuple(
+            tuple(None if t is None else int(t.shape[-1]) for t in layer)
+            for layer in engine.long_term_memories
+        )
 
     @property
     def codec(self) -> DeaotStateCodec:
-        return DeaotStateCodec(self.max_long_term - 1)
+        return DeaotStateCodec(self.max_long_term - 1, self.memory_channels)
 
     def describe(self) -> str:
         return (
@@ -122,8 +143,8 @@ class DeaotTracker:
         )
 
     def _long_term_text(self) -> str:
-        if self.max_long_term == 1 or self.long_term_gap >= DEFAULT_LONG_TERM_GAP:
-            return f" only (long-term gap {self.long_term_gap})"
+        if self.max_long_term == 1:
+            return " only"
         return f" and one every {self.long_term_gap} frames, {self.max_long_term} at most"
 
     # -- image -----------------------------------------------------------------
@@ -168,35 +189,53 @@ class DeaotTracker:
         engine.pos_emb = self._positions(features)
         newest_first = [state.long_term[t] for t in sorted(state.long_term, reverse=True)]
         frames = [*newest_first, state.reference]
+        # States read from the store are on the host; the memories join this device's
+        # frame features.
         engine.long_term_memories = [
             [
                 None
                 if state.reference[layer][element] is None
-                else torch.cat([memory[layer][element] for memory in frames], dim=0)
+                else torch.cat([memory[layer][element] for memory in frames], dim=0).to(
+                    self.device, non_blocking=True
+                )
                 for element in range(len(state.reference[layer]))
             ]
             for layer in range(len(state.reference))
         ]
-        short_term = [list(tensors) for tensors in state.short_term]
+        short_term = [
+            [None if t is None else t.to(self.device, non_blocking=True) for t in tensors]
+            for tensors in state.short_term
+        ]
         engine.short_term_memories = short_term
         engine.short_term_memories_list = [short_term]
         return engine
 
     # -- reference frame -------------------------------------------------------
 
-    def _prompt_mask(self, features: DeaotFeatures, prompt: Prompt, legacy: bool) -> np.ndarray:
-        if isinstance(prompt, MaskPrompt):
-            return prompt.mask.cpu().numpy().astype(bool)
-        if self.box_tracker is None:
-            raise ValueError("rectangles need SAM 2 for their masks, and none is loaded")
-        sam2 = self.box_tracker
-        sam2_features = sam2.encode(sam2.prepare(features.frame.image))
-        (result,) = sam2.start(sam2_features, [prompt], ["rectangle"], [legacy])
-        mask = sam2.frame_mask(result, features.frame.frame_size)
-        if not mask.any():
-            x1, y1, x2, y2 = prompt.box
-            mask[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] = True
-        return mask
+    def _prompt_masks(self, features: DeaotFeatures, prompts: list[Prompt]) -> list[np.ndarray]:
+        """(H, W) bool reference mask per prompt: masks as given; boxes through SAM 2's
+        box prompt, its image encoder run once for all the boxes of the call."""
+        masks: list[np.ndarray | None] = [
+            p.mask.cpu().numpy().astype(bool) if isinstance(p, MaskPrompt) else None
+            for p in prompts
+        ]
+        boxes = [(i, p) for i, p in enumerate(prompts) if isinstance(p, BoxPrompt)]
+        if boxes:
+            if self.box_tracker is None:
+                raise ValueError("rectangles need SAM 2 for their masks, and none is loaded")
+            sam2 = self.box_tracker
+            sam2_features = sam2.encode(sam2.prepare(features.frame.image))
+            count = len(boxes)
+            results = sam2.start(
+                sam2_features, [p for _, p in boxes], ["rectangle"] * count, [False] * count
+            )
+            for (index, prompt), result in zip(boxes, results, strict=True):
+                mask = sam2.frame_mask(result, features.frame.frame_size)
+                if not mask.any():
+                    x1, y1, x2, y2 = prompt.box
+                    mask[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] = True
+                masks[index] = mask
+        return masks  # type: ignore[return-value]
 
     @torch.no_grad()
     def start(
@@ -209,8 +248,10 @@ class DeaotTracker:
         """Reference frames of new objects: each prompt's mask (a box's from SAM 2) is
         the object's reference memory and its answer on this frame."""
         results = []
-        for prompt, shape_type, legacy in zip(prompts, shape_types, legacy_flags, strict=True):
-            mask = self._prompt_mask(features, prompt, legacy)
+        masks = self._prompt_masks(features, prompts)
+        for prompt, mask, shape_type, legacy in zip(
+            prompts, masks, shape_types, legacy_flags, strict=True
+        ):
             pixels = features.frame.pixels
             input_size = tuple(pixels.shape[-2:])
             engine = self._new_engine()
