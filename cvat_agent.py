@@ -24,7 +24,6 @@ import PIL.Image
 from tracker_state.state import ObjectState
 from tracking.answers import answer_points, shape_prompt
 from tracking.engine import BoxPrompt, FrameFeatures, Sam2StreamTracker
-from tracking.frames import preprocess_frame
 from tracking.model_loading import (
     ModelSettings,
     build_tracker,
@@ -34,14 +33,6 @@ from tracking.model_loading import (
 )
 
 SHAPE_TYPES = ["mask", "polygon", "rectangle"]
-
-
-@dataclass(frozen=True)
-class AgentFrame:
-    """One frame's SAM 2 features, computed once per request for all its objects."""
-
-    features: FrameFeatures
-    frame_size: tuple[int, int]  # (height, width)
 
 
 @dataclass
@@ -82,28 +73,25 @@ class Sam2TrackingFunction:
     def __init__(self, tracker: Sam2StreamTracker) -> None:
         self.tracker = tracker
 
-    def preprocess_image(self, context, image: PIL.Image.Image) -> AgentFrame:
-        frame_size = (image.height, image.width)
-        pixels = preprocess_frame(
-            image.convert("RGB"), self.tracker.image_size, self.tracker.device
-        )
-        return AgentFrame(self.tracker.encode_frame(pixels, frame_size), frame_size)
+    def preprocess_image(self, context, image: PIL.Image.Image) -> FrameFeatures:
+        """SAM 2's features of the frame (they carry its size), once for every object."""
+        return self.tracker.encode(self.tracker.prepare(image.convert("RGB")))
 
     def init_tracking_state(
-        self, context, pp_image: AgentFrame, shape: cvataa.TrackableShape
+        self, context, pp_image: FrameFeatures, shape: cvataa.TrackableShape
     ) -> AgentObject:
         # A malformed shape raises ShapeError naming the problem (cvat-cli logs it and
         # fails the request).
         prompt = shape_prompt(shape.type, list(shape.points), pp_image.frame_size)
-        [result] = self.tracker.start(pp_image.features, [prompt], [shape.type], [False])
+        [result] = self.tracker.start(pp_image, [prompt], [shape.type], [False])
         box = prompt.box if isinstance(prompt, BoxPrompt) else None
         _, state = answer_points(self.tracker, result, pp_image.frame_size, box)
         return AgentObject(on_host(state))
 
     def track(
-        self, context, pp_image: AgentFrame, state: AgentObject
+        self, context, pp_image: FrameFeatures, state: AgentObject
     ) -> cvataa.TrackableShape | None:
-        [result] = self.tracker.step(pp_image.features, [state.state])
+        [result] = self.tracker.step(pp_image, [state.state])
         points, new_state = answer_points(
             self.tracker, result, pp_image.frame_size, result.state.last_box
         )

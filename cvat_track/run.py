@@ -89,8 +89,8 @@ def track_job(
             for obj, answer, logits in zip(
                 plan.objects, answers, tracked.low_res_logits, strict=True
             ):
-                mask = (tracker.upsample(logits[None], tracked.frame_size)[0, 0] > 0).cpu()
-                answer[tracked.frame_index] = encode_shape(obj.shape_type, mask.numpy())
+                mask = tracker.logits_mask(logits, tracked.frame_size)
+                answer[tracked.frame_index] = encode_shape(obj.shape_type, mask)
             done += 1
             if on_frame is not None:
                 on_frame(done, total, len(objects))

@@ -467,10 +467,14 @@ class Sam2StreamTracker:
         return low_res
 
     def frame_mask(self, result: StepResult, frame_size: tuple[int, int]) -> np.ndarray:
-        """(H, W) bool: the upsampled logits above 0, as the official predictor's masks.
-        One object at a time: full-size float logits of many objects on 4K frames would
-        take gigabytes."""
-        return (self.upsample(result.low_res_logits[None], frame_size)[0, 0] > 0).cpu().numpy()
+        """(H, W) bool mask of one object's result (``logits_mask``)."""
+        return self.logits_mask(result.low_res_logits, frame_size)
+
+    def logits_mask(self, low_res_logits: torch.Tensor, frame_size: tuple[int, int]) -> np.ndarray:
+        """(H, W) bool: one object's (1, h, w) low-res logits upsampled, above 0, as the
+        official predictor's masks. One object at a time: full-size float logits of many
+        objects on 4K frames would take gigabytes."""
+        return (self.upsample(low_res_logits[None], frame_size)[0, 0] > 0).cpu().numpy()
 
     @staticmethod
     def upsample(low_res_logits: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:

@@ -38,7 +38,6 @@ from PIL import Image
 from tracker_state.state import MemoryView
 
 from tracking.engine import FrameFeatures, FrameOutput, Prompt, Sam2StreamTracker
-from tracking.frames import preprocess_frame
 
 DIRECTIONS = ("forward", "backward", "both")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -311,8 +310,7 @@ class KeyframeVideoTracker:
                 f"frame {frame_index} is {size[1]}x{size[0]}, "
                 f"other frames are {expected[1]}x{expected[0]}"
             )
-        pixels = preprocess_frame(image, self.tracker.image_size, self.tracker.device)
-        return self.tracker.encode_frame(pixels, size), size
+        return self.tracker.encode(self.tracker.prepare(image)), size
 
     def _propagate(
         self,
