@@ -27,9 +27,8 @@ from tracking.engine import BoxPrompt, FrameFeatures, Sam2StreamTracker
 from tracking.model_loading import (
     ModelSettings,
     build_tracker,
-    hole_filling_available,
+    hole_filling_note,
     load_sam2,
-    silence_missing_extension,
 )
 
 SHAPE_TYPES = ["mask", "polygon", "rectangle"]
@@ -121,8 +120,5 @@ def create(
         object_batch=object_batch,
         hydra_overrides=(f"++model.image_size={image_size}",) if image_size else (),
     )
-    if not hole_filling_available():
-        # SAM 2 skips hole filling without its CUDA extension (so does the official
-        # predictor) and would warn about it on every frame.
-        silence_missing_extension()
+    hole_filling_note()  # without sam2._C, SAM 2's per-frame warning is silenced once
     return Sam2TrackingFunction(build_tracker(load_sam2(settings, {}), settings))

@@ -46,14 +46,7 @@ from tracking.deaot_frames import MAX_LONG_EDGE, deaot_pixels, label_for_input
 from tracking.deaot_model import DeaotSettings, load_deaot
 from tracking.engine import BoxPrompt, MaskPrompt, Prompt, Sam2StreamTracker
 from tracking.frames import PreparedFrame
-from tracking.model_loading import (
-    InfoLogger,
-    ModelSettings,
-    build_tracker,
-    hole_filling_available,
-    load_sam2,
-    silence_missing_extension,
-)
+from tracking.model_loading import InfoLogger, load_sam2_tracker
 
 # deaotpy's own cap never applies: the cap with the reference kept is applied here.
 UNBOUNDED = 1 << 30
@@ -331,15 +324,14 @@ def load_deaot_tracker(env: dict[str, str], logger: InfoLogger) -> LoadedBackend
     # deprecation notice on the first frame of every worker, nothing to act on.
     warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
     network = load_deaot(settings)
-    sam2_settings = ModelSettings.from_env(env)
-    box_tracker = build_tracker(load_sam2(sam2_settings, env, logger), sam2_settings, logger)
-    if not hole_filling_available():
-        silence_missing_extension()
+    sam2 = load_sam2_tracker(env, logger)  # the sam2 backend, for its box prompt
+    box_tracker = sam2.tracker
     tracker = DeaotTracker(
         network, settings.model, settings.long_term_gap, settings.max_long_term, box_tracker
     )
     notes = (
-        f"rectangles become masks through SAM 2's box prompt ({box_tracker.model_id})",
+        f"rectangles become masks through SAM 2's box prompt ({box_tracker.model_id}; "
+        f"{sam2.notes[0]})",
         "correlation: deaotpy's pure-PyTorch fallback"
         if not _correlation_extension()
         else "correlation: spatial-correlation-sampler",

@@ -180,6 +180,15 @@ def silence_missing_extension() -> None:
     warnings.filterwarnings("ignore", message="cannot import name '_C'", category=UserWarning)
 
 
+def hole_filling_note() -> str:
+    """Whether SAM 2 fills mask holes, for a startup line; when it cannot, its per-frame
+    warning is silenced here, once."""
+    if hole_filling_available():
+        return "hole filling on (sam2._C)"
+    silence_missing_extension()
+    return "hole filling off: sam2._C is not built (the official predictor skips it too)"
+
+
 def load_sam2(
     settings: ModelSettings, env: dict[str, str], logger: InfoLogger = log
 ) -> SAM2VideoPredictor:
@@ -234,9 +243,4 @@ def load_sam2_tracker(env: dict[str, str], logger: InfoLogger = log):
 
     settings = ModelSettings.from_env(env)
     tracker = build_tracker(load_sam2(settings, env, logger), settings, logger)
-    if hole_filling_available():
-        holes = "hole filling on (sam2._C)"
-    else:
-        holes = "hole filling off: sam2._C is not built (the official predictor skips it too)"
-        silence_missing_extension()
-    return LoadedBackend(tracker, (holes,))
+    return LoadedBackend(tracker, (hole_filling_note(),))
