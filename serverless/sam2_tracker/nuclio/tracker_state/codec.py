@@ -10,7 +10,6 @@ from another backend is refused with the model's name instead of being misread.
 
 from __future__ import annotations
 
-import json
 from typing import Protocol
 
 from tracker_state.serialization import (
@@ -20,6 +19,7 @@ from tracker_state.serialization import (
     changed_parts,
     decode_state,
     encode_state,
+    head_metadata,
     part_names,
 )
 from tracker_state.state import ObjectState
@@ -67,24 +67,10 @@ class StateCodec(Protocol):
         ...
 
 
-def head_metadata(head: bytes) -> dict[str, str]:
-    """The string metadata of a head part (safetensors: an 8-byte little-endian header
-    length, then the JSON header); empty when the bytes are not a readable header."""
-    if not isinstance(head, bytes | bytearray) or len(head) < 8:
-        return {}
-    length = int.from_bytes(head[:8], "little")
-    try:
-        header = json.loads(bytes(head[8 : 8 + length]))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    return metadata if isinstance(metadata, dict) else {}
-
-
 def check_backend(head: bytes | None, backend: str) -> None:
     """Raise ForeignState when ``head`` names another backend (SAM 2 heads written before
     backends existed name none and count as SAM 2's)."""
-    metadata = head_metadata(head) if head is not None else {}
+    metadata = head_metadata(head)
     stored = metadata.get("backend", SAM2_BACKEND)
     if stored != backend:
         raise ForeignState(stored, metadata.get("model_id", "unknown"))

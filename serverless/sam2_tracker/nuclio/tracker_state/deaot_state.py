@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import save as save_tensors
 
-from tracker_state.codec import ForeignState, check_backend, head_metadata
+from tracker_state.codec import ForeignState, check_backend
 from tracker_state.serialization import (
     ANSWER,
     HEAD,
@@ -42,6 +42,7 @@ from tracker_state.serialization import (
     _expect,
     _load,
     encode_answer,
+    head_metadata,
 )
 from tracker_state.state import SHAPE_TYPES
 

@@ -171,12 +171,18 @@ def _load(blob: bytes | None, name: str) -> dict[str, torch.Tensor]:
         raise StateFormatError(f"state part {name!r} is not readable: {error}") from error
 
 
-def _metadata(blob: bytes) -> dict[str, str]:
-    """The string header of a part that ``_load`` already validated: JSON after an
-    8-byte little-endian length (safetensors format)."""
-    header_len = int.from_bytes(blob[:8], "little")
-    header = json.loads(bytes(blob[8 : 8 + header_len]))
-    return header.get("__metadata__") or {}
+def head_metadata(head: bytes | None) -> dict[str, str]:
+    """The string metadata of a part (safetensors: an 8-byte little-endian header length,
+    then the JSON header); empty when the bytes hold no readable header."""
+    if not isinstance(head, bytes | bytearray) or len(head) < 8:
+        return {}
+    length = int.from_bytes(head[:8], "little")
+    try:
+        header = json.loads(bytes(head[8 : 8 + length]))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def _expect(tensors: dict[str, torch.Tensor], key: str, dtype: torch.dtype, shape: tuple) -> None:
@@ -196,7 +202,7 @@ def decode_state(parts: dict[str, bytes | None]) -> ObjectState:
     """Rebuild a state from its parts, validating every field; raises StateFormatError."""
     head_blob = parts.get(HEAD)
     head = _load(head_blob, HEAD)
-    metadata = _metadata(head_blob)
+    metadata = head_metadata(head_blob)
     if metadata.get("format_version") not in READABLE_VERSIONS:
         raise StateFormatError(
             f"state format {metadata.get('format_version')!r} is not one of {READABLE_VERSIONS}"
