@@ -296,8 +296,10 @@ def test_states_name_their_backend_and_model(deaot_network):
     with pytest.raises(ForeignState, match="deaot backend, model deaott@1040:gap9999:max4"):
         Sam2StateCodec(6).decode(parts)
     with pytest.raises(ForeignState):  # another DEAOT_MAX_LONG_TERM, another ring
-        DeaotStateCodec(1).decode(parts)
-    assert DeaotStateCodec(3).decode(parts).model_id == tracker.model_id
+        DeaotStateCodec(9999, 1).decode(parts)
+    with pytest.raises(ForeignState):  # another DEAOT_LONG_TERM_GAP
+        DeaotStateCodec(5, 3).decode(parts)
+    assert DeaotStateCodec(9999, 3).decode(parts).model_id == tracker.model_id
     assert tracker.codec.backend == DEAOT_BACKEND
 
 
@@ -449,10 +451,18 @@ def test_malformed_stored_states_are_refused_not_tracked(deaot_network):
             short_term=((None,) * 4,),
             long_term={1: ((None,) * 4,)},
         ),
-        "a long-term frame after the last": replace(state, last_long_term_frame=0),
-        "fewer long-term memories made than kept": replace(state, long_term_count=0),
     }
     for what, bad in broken.items():
         with pytest.raises(StateFormatError):
             codec.decode(codec.encode(bad))
+            pytest.fail(f"a state with {what} was decoded")
+    # The periodic long-term memory a state at frame 1 with gap 1 must hold: frame 1.
+    parts = codec.encode(state)
+    tampered = {
+        "a long-term part of another frame": {**parts, "long0": parts["reference"]},
+        "no long-term part": {k: v for k, v in parts.items() if k != "long0"},
+    }
+    for what, bad_parts in tampered.items():
+        with pytest.raises(StateFormatError):
+            codec.decode(bad_parts)
             pytest.fail(f"a state with {what} was decoded")

@@ -17,12 +17,14 @@ rounding on the way through the store would change the masks.
 
 Store parts (each a safetensors blob; nothing is ever unpickled):
 
-* ``head``: format, backend, model, shape type; frame index and size, input size,
-  the frame of the last long-term memory, the ring of periodic long-term frames,
-  the layout of a memory (which of the four tensors each layer has), the last box;
+* ``head``: format, backend, model, shape type, long-term setting; frame index and
+  size, input size, the layout of a memory (which of the four tensors each layer has),
+  the last box (which periodic frames are kept follows from the frame index and the
+  setting: ``kept_long_term_frames``);
 * ``reference``: the reference frame's memory, written once;
 * ``short``: the previous frame's memory, rewritten every frame;
-* ``long<k>``: ring slot k of the periodic long-term memories;
+* ``long<k>``: ring slot k of the periodic long-term memories (frame t in slot
+  (t / gap - 1) % slots);
 * ``answer``: the answer on the state's frame (shared with SAM 2's layout).
 """
 
@@ -73,12 +75,9 @@ class DeaotState:
         input_size: (h, w) of the network input (``tracking.deaot_frames``).
         reference: the reference frame's long-term memory, (h/16 * w/16, 1, C) each.
         short_term: the previous frame's memory, (1, C, h/16, w/16) each.
-        long_term: periodic long-term memories, frame index -> memory as ``reference``,
-            oldest first; at most ``long_term_slots`` of them.
-        long_term_count: how many periodic memories were ever made (places the newest
-            in the store's ring: slot (count - 1) % slots).
-        last_long_term_frame: frame of the last long-term memory (deaotpy's
-            ``last_mem_step``; the reference frame is 0).
+        long_term: periodic long-term memories, frame index -> memory as ``reference``:
+            the frames ``kept_long_term_frames`` names (which the gap and the cap, both
+            part of the model id, decide).
     """
 
     model_id: str
@@ -90,8 +89,6 @@ class DeaotState:
     reference: FrameMemory
     short_term: FrameMemory
     long_term: dict[int, FrameMemory]
-    long_term_count: int
-    last_long_term_frame: int
     last_box: tuple[float, float, float, float] | None = None
 
 
@@ -110,6 +107,14 @@ def _layout(memory: FrameMemory) -> torch.Tensor:
     )
 
 
+def kept_long_term_frames(frame_index: int, gap: int, slots: int) -> list[int]:
+    """The periodic long-term frames an object holds after ``frame_index``, oldest first.
+    deaotpy adds one when ``gap`` frames have passed since the last (the reference frame
+    is 0), so they are the multiples of ``gap``; at most ``slots`` newest are kept."""
+    made = frame_index // gap
+    return [k * gap for k in range(max(1, made - slots + 1), made + 1)]
+
+
 def token_grid(input_size: tuple[int, int]) -> tuple[int, int]:
     """(h, w) of the stride-16 token grid for an input of ``input_size``: every DeAOT
     encoder halves a side n to ceil(n / 2) four times."""
@@ -117,18 +122,21 @@ def token_grid(input_size: tuple[int, int]) -> tuple[int, int]:
 
 
 class DeaotStateCodec:
-    """DeAOT states in the stores, with ``long_term_slots`` ring slots for periodic
-    long-term memories (``DEAOT_MAX_LONG_TERM`` - 1). With ``memory_channels`` (per
-    layer, the channels of its four memory tensors, None where absent: the model's),
-    decoding also checks that a state fits the model."""
+    """DeAOT states in the stores, for a long-term memory every ``long_term_gap`` frames
+    kept in ``long_term_slots`` ring slots (``DEAOT_MAX_LONG_TERM`` - 1): periodic frame
+    t sits in slot (t / gap - 1) % slots. With ``memory_channels`` (per layer, the
+    channels of its four memory tensors, None where absent: the model's), decoding also
+    checks that a state fits the model."""
 
     backend = DEAOT_BACKEND
 
     def __init__(
         self,
+        long_term_gap: int,
         long_term_slots: int,
         memory_channels: tuple[tuple[int | None, ...], ...] | None = None,
     ) -> None:
+        self.long_term_gap = long_term_gap
         self.long_term_slots = long_term_slots
         self.memory_channels = memory_channels
         self.part_names = [
@@ -139,25 +147,14 @@ class DeaotStateCodec:
             ANSWER,
         ]
 
-    def _slots(self, state: DeaotState) -> dict[int, int]:
-        """Frame index -> ring slot of each kept periodic memory."""
-        frames = sorted(state.long_term)
-        first_number = state.long_term_count - len(frames) + 1
-        return {t: (first_number + i - 1) % self.long_term_slots for i, t in enumerate(frames)}
+    def _slot(self, frame_index: int) -> int:
+        return (frame_index // self.long_term_gap - 1) % self.long_term_slots
 
     def _head(self, state: DeaotState) -> bytes:
-        if len(state.long_term) > self.long_term_slots:
-            raise ValueError("more periodic long-term memories than ring slots")
-        ring = torch.full((self.long_term_slots,), -1, dtype=torch.int64)
-        for t, slot in self._slots(state).items():
-            ring[slot] = t
         tensors = {
             "frame_index": torch.tensor([state.frame_index], dtype=torch.int64),
             "frame_size": torch.tensor(state.frame_size, dtype=torch.int64),
             "input_size": torch.tensor(state.input_size, dtype=torch.int64),
-            "long_term_frames": ring,
-            "long_term_count": torch.tensor([state.long_term_count], dtype=torch.int64),
-            "last_long_term_frame": torch.tensor([state.last_long_term_frame], dtype=torch.int64),
             "layout": _layout(state.reference),
         }
         if state.last_box is not None:
@@ -168,8 +165,12 @@ class DeaotStateCodec:
             "model_id": state.model_id,
             "shape_type": state.shape_type,
             "legacy": "1" if state.legacy else "0",
+            "long_term": self._long_term_setting(),
         }
         return save_tensors(tensors, metadata=metadata)
+
+    def _long_term_setting(self) -> str:
+        return f"every {self.long_term_gap} frames, {self.long_term_slots} slots"
 
     @staticmethod
     def _memory(memory: FrameMemory, frame_index: int) -> bytes:
@@ -183,8 +184,8 @@ class DeaotStateCodec:
             REFERENCE: self._memory(state.reference, 0),
             SHORT_TERM: self._memory(state.short_term, state.frame_index),
         }
-        for t, slot in self._slots(state).items():
-            parts[long_term_part(slot)] = self._memory(state.long_term[t], t)
+        for t, memory in state.long_term.items():
+            parts[long_term_part(self._slot(t))] = self._memory(memory, t)
         return parts
 
     def changed(self, state: DeaotState, answer: Answer | None) -> dict[str, bytes]:
@@ -197,8 +198,7 @@ class DeaotStateCodec:
         if answer is not None:
             parts[ANSWER] = encode_answer(answer)
         if state.frame_index in state.long_term:
-            slot = self._slots(state)[state.frame_index]
-            parts[long_term_part(slot)] = self._memory(
+            parts[long_term_part(self._slot(state.frame_index))] = self._memory(
                 state.long_term[state.frame_index], state.frame_index
             )
         return parts
@@ -219,15 +219,11 @@ class DeaotStateCodec:
             ("frame_index", (1,)),
             ("frame_size", (2,)),
             ("input_size", (2,)),
-            ("long_term_count", (1,)),
-            ("last_long_term_frame", (1,)),
         ):
             _expect(head, key, torch.int64, shape)
-        ring = head.get("long_term_frames")
-        if ring is None or ring.dtype != torch.int64 or ring.dim() != 1:
-            raise StateFormatError("state field 'long_term_frames' is malformed")
-        if ring.numel() != self.long_term_slots:
-            # Another DEAOT_MAX_LONG_TERM made it: the model id says which.
+        if metadata.get("long_term") != self._long_term_setting():
+            # Another DEAOT_LONG_TERM_GAP or DEAOT_MAX_LONG_TERM made it: its model id
+            # says which.
             raise ForeignState(DEAOT_BACKEND, metadata.get("model_id", "unknown"))
         layout = head.get("layout")
         if (
@@ -288,24 +284,13 @@ class DeaotStateCodec:
                 layers.append(tuple(elements))
             return tuple(layers)
 
-        count = int(head["long_term_count"])
-        last_long_term_frame = int(head["last_long_term_frame"])
-        ring_frames = [t for t in ring.tolist() if t >= 0]
-        if (
-            len(set(ring_frames)) != len(ring_frames)
-            or any(not 1 <= t <= last_long_term_frame for t in ring_frames)
-            or not 0 <= last_long_term_frame <= frame_index
-            or count < len(ring_frames)
-        ):
-            raise StateFormatError("state's long-term memory ring is inconsistent")
         long_term = {
-            int(t): memory(long_term_part(slot), int(t), two_d=False)
-            for slot, t in sorted(enumerate(ring.tolist()), key=lambda item: item[1])
-            if t >= 0
+            t: memory(long_term_part(self._slot(t)), t, two_d=False)
+            for t in kept_long_term_frames(frame_index, self.long_term_gap, self.long_term_slots)
         }
         height, width = (int(v) for v in head["frame_size"])
         reference = memory(REFERENCE, 0, two_d=False)
-        state = DeaotState(
+        return DeaotState(
             model_id=metadata.get("model_id", ""),
             shape_type=shape_type,
             legacy=metadata.get("legacy") == "1",
@@ -315,11 +300,5 @@ class DeaotStateCodec:
             reference=reference,
             short_term=memory(SHORT_TERM, frame_index, two_d=True),
             long_term=long_term,
-            long_term_count=count,
-            last_long_term_frame=last_long_term_frame,
             last_box=last_box,
         )
-        slots = {t: slot for slot, t in enumerate(ring.tolist()) if t >= 0}
-        if slots != self._slots(state):
-            raise StateFormatError("state's long-term memory ring is inconsistent")
-        return state

@@ -39,6 +39,7 @@ from tracker_state.deaot_state import (
     DeaotState,
     DeaotStateCodec,
     FrameMemory,
+    kept_long_term_frames,
 )
 
 from tracking.backend import LoadedBackend
@@ -126,7 +127,7 @@ class DeaotTracker:
 
     @property
     def codec(self) -> DeaotStateCodec:
-        return DeaotStateCodec(self.max_long_term - 1, self.memory_channels)
+        return DeaotStateCodec(self.long_term_gap, self.max_long_term - 1, self.memory_channels)
 
     def describe(self) -> str:
         return (
@@ -177,20 +178,26 @@ class DeaotTracker:
         engine = self._new_engine()
         engine.obj_nums = [1]
         engine.frame_step = state.frame_index
-        engine.last_mem_step = state.last_long_term_frame
+        # deaotpy's frame of the last long-term memory: a multiple of the gap.
+        engine.last_mem_step = state.frame_index // self.long_term_gap * self.long_term_gap
         engine.update_size(state.input_size, tuple(features.embeddings[-1].shape[-2:]))
         engine.pos_emb = self._positions(features)
         newest_first = [state.long_term[t] for t in sorted(state.long_term, reverse=True)]
         frames = [*newest_first, state.reference]
+
         # States read from the store are on the host; the memories join this device's
         # frame features.
+        def joined(tensors: list[torch.Tensor]) -> torch.Tensor:
+            # With the reference alone (the default) there is nothing to concatenate:
+            # no copy of the largest memory on every frame.
+            tensor = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+            return tensor.to(self.device, non_blocking=True)
+
         engine.long_term_memories = [
             [
                 None
                 if state.reference[layer][element] is None
-                else torch.cat([memory[layer][element] for memory in frames], dim=0).to(
-                    self.device, non_blocking=True
-                )
+                else joined([memory[layer][element] for memory in frames])
                 for element in range(len(state.reference[layer]))
             ]
             for layer in range(len(state.reference))
@@ -265,8 +272,6 @@ class DeaotTracker:
                 reference=_frozen(engine.long_term_memories),
                 short_term=_frozen(engine.short_term_memories),
                 long_term={},
-                long_term_count=0,
-                last_long_term_frame=0,
                 last_box=prompt.box if isinstance(prompt, BoxPrompt) else None,
             )
             results.append(DeaotStepResult(state, torch.from_numpy(mask), None))
@@ -294,19 +299,15 @@ class DeaotTracker:
             F.interpolate(mask[None, None].float(), size=state.input_size)
         )
         frame_index = state.frame_index + 1
-        long_term, count = dict(state.long_term), state.long_term_count
+        long_term = dict(state.long_term)
         if engine.last_mem_step == frame_index:  # this frame became a long-term memory
             long_term[frame_index] = _frozen(engine.curr_lstt_output[1])
-            count += 1
-            for t in sorted(long_term)[: max(0, len(long_term) - (self.max_long_term - 1))]:
-                del long_term[t]
+        kept = kept_long_term_frames(frame_index, self.long_term_gap, self.max_long_term - 1)
         new_state = replace(
             state,
             frame_index=frame_index,
             short_term=_frozen(engine.short_term_memories),
-            long_term=long_term,
-            long_term_count=count,
-            last_long_term_frame=engine.last_mem_step,
+            long_term={t: long_term[t] for t in kept},
         )
         return DeaotStepResult(new_state, mask.cpu(), logits[0])
 
