@@ -21,7 +21,9 @@ import argparse
 import importlib
 import json
 import logging
+import subprocess
 import sys
+from pathlib import Path
 
 import nuclio_sdk
 import nuclio_sdk.json_encoder
@@ -36,6 +38,34 @@ def decode_body(body: str, content_type: str) -> object:
         except json.JSONDecodeError:
             pass
     return body.encode()
+
+
+def run_function(
+    folder: Path, env: dict[str, str], bodies: list[dict], workdir: Path
+) -> tuple[list[str], list[dict], str]:
+    """Run the function in ``folder`` under this runner (a fresh process, as a new Nuclio
+    worker) on JSON ``bodies``: (log messages, responses, what was printed beside the
+    socket). ``workdir`` holds the events and socket files."""
+    events, socket_file = workdir / "events.jsonl", workdir / "socket"
+    events.write_text(
+        "".join(
+            json.dumps({"content_type": "application/json", "body": json.dumps(body)}) + "\n"
+            for body in bodies
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, __file__, "--handler", "main:handler",
+         "--socket-file", str(socket_file), "--events", str(events)],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs, responses = [], []
+    for line in socket_file.read_text().splitlines():
+        if line.startswith("r"):
+            responses.append(json.loads(line[1:]))
+        else:
+            logs.append(json.loads(line)["message"])
+    return logs, responses, result.stdout + result.stderr
 
 
 def main() -> None:

@@ -132,10 +132,10 @@ def test_the_staged_deaot_function_runs_under_nuclios_python_runtime(
     one line per call, nothing printed beside the log (no deaotpy notice, no warning)."""
     import base64
     import json
-    import sys
 
     import numpy as np
     from conftest import davis_sequence, frame_paths, ground_truth
+    from nuclio_runner import run_function
     from tracking.deaot_model import make_random_deaot_checkpoint
     from tracking.shapes import encode_shape
 
@@ -159,33 +159,12 @@ def test_the_staged_deaot_function_runs_under_nuclios_python_runtime(
     frames = [base64.b64encode(p.read_bytes()).decode() for p in frame_paths(sequence)[:2]]
     mask = {"type": "mask", "points": encode_shape("mask", ground_truth(sequence))}
     box = {"type": "rectangle", "points": [260.0, 120.0, 560.0, 420.0]}
-    socket_file, events = tmp_path / "socket", tmp_path / "events.jsonl"
 
-    def run(bodies: list[dict]) -> tuple[list[str], list[dict], str]:
-        events.write_text(
-            "".join(
-                json.dumps({"content_type": "application/json", "body": json.dumps(b)}) + "\n"
-                for b in bodies
-            )
-        )
-        socket_file.unlink(missing_ok=True)
-        result = subprocess.run(
-            [sys.executable, str(REPO / "tests" / "nuclio_runner.py"), "--handler",
-             "main:handler", "--socket-file", str(socket_file), "--events", str(events)],
-            cwd=folder, env=runtime_env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-        logs, responses = [], []
-        for line in socket_file.read_text().splitlines():
-            if line.startswith("r"):
-                responses.append(json.loads(line[1:]))
-            else:
-                logs.append(json.loads(line)["message"])
-        return logs, responses, result.stdout + result.stderr
-
-    logs, responses, printed = run([{"image": frames[0], "shapes": [mask, box], "states": []}])
+    first = {"image": frames[0], "shapes": [mask, box], "states": []}
+    logs, responses, printed = run_function(folder, runtime_env, [first], tmp_path)
     states = json.loads(responses[0]["body"])["states"]
-    logs, responses, printed = run([{"image": frames[1], "shapes": [None, None], "states": states}])
+    second = {"image": frames[1], "shapes": [None, None], "states": states}
+    logs, responses, printed = run_function(folder, runtime_env, [second], tmp_path)
     assert [r["status_code"] for r in responses] == [200]
     shapes = json.loads(responses[0]["body"])["shapes"]
     assert [s["type"] for s in shapes] == ["mask", "rectangle"]

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 import yaml
 from conftest import SMALL_IMAGE_SIZE, davis_sequence, frame_paths, ground_truth
 from cvat_sdk.masks import encode_mask
+from nuclio_runner import run_function
 from tracker_state.state import SHAPE_TYPES
 from tracking.model_loading import CHECKPOINT_BASE_URL, OFFICIAL_CHECKPOINTS
 
@@ -261,8 +261,6 @@ def test_the_staged_function_runs_under_nuclios_python_runtime(
     frames = [base64.b64encode(p.read_bytes()).decode() for p in frame_paths(sequence)[:4]]
     mask = encode_mask(ground_truth(sequence))
     bodies = [{"image": frames[0], "shapes": [{"type": "mask", "points": mask}], "states": []}]
-    events = tmp_path / "events.jsonl"
-    socket_file = tmp_path / "socket"
     runtime_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("CVAT_")},
         "PYTHONPATH": "",
@@ -273,47 +271,14 @@ def test_the_staged_function_runs_under_nuclios_python_runtime(
         "CVAT_REDIS_PORT": str(own_redis.port),
     }
 
-    def run_events(lines: list[dict]) -> tuple[list[str], list[dict], str]:
-        events.write_text("".join(json.dumps(line) + "\n" for line in lines))
-        result = subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "tests" / "nuclio_runner.py"),
-                "--handler",
-                "main:handler",
-                "--socket-file",
-                str(socket_file),
-                "--events",
-                str(events),
-            ],
-            cwd=folder,
-            env=runtime_env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        logs, responses = [], []
-        for line in socket_file.read_text().splitlines():
-            if line.startswith("r"):
-                responses.append(json.loads(line[1:]))
-            else:
-                logs.append(json.loads(line)["message"])
-        return logs, responses, result.stdout + result.stderr
-
-    logs, responses, printed = run_events(
-        [{"content_type": "application/json", "body": json.dumps(bodies[0])}]
-    )
+    logs, responses, printed = run_function(folder, runtime_env, bodies[:1], tmp_path)
     states = json.loads(responses[0]["body"])["states"]
-    lines = [
-        {"content_type": "application/json", "body": json.dumps(body)}
-        for body in (
-            {"image": frames[1], "shapes": [None], "states": states},
-            {"image": frames[1], "shapes": [None], "states": states},  # a replay
-            {"image": frames[2], "shapes": [None], "states": states},  # stale: 409
-        )
+    calls = [
+        {"image": frames[1], "shapes": [None], "states": states},
+        {"image": frames[1], "shapes": [None], "states": states},  # a replay
+        {"image": frames[2], "shapes": [None], "states": states},  # stale: 409
     ]
-    logs, responses, printed = run_events(lines)
+    logs, responses, printed = run_function(folder, runtime_env, calls, tmp_path)
     assert [r["status_code"] for r in responses] == [200, 200, 409]
     assert responses[0]["body"] == responses[1]["body"]
 
