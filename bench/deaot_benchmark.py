@@ -25,7 +25,6 @@ does not depend on their values). Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -57,6 +56,7 @@ from bench.run_benchmark import (
     object_masks,
     prepare_frames,
     print_table,
+    report,
 )
 
 warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
@@ -194,16 +194,12 @@ def main(argv: list[str] | None = None) -> Path:
         "sequence": args.sequence,
         "frame_size": list(size),
     }
-    print()
-    print(f"machine: {machine}")
-    print("ratio = path s/frame / ours-deaot s/frame; agree: ours-deaot vs deaotpy, worst frame")
-    print_table(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    json_path = args.out / f"deaot-benchmark-cpu-{stamp}.json"
-    json_path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    print(f"wrote {json_path}")
-    return json_path
+    return report(
+        machine,
+        rows,
+        "ratio = path s/frame / ours-deaot s/frame; agree: ours-deaot vs deaotpy, worst frame",
+        args.out / "deaot-benchmark-cpu",
+    )
 
 
 if __name__ == "__main__":

@@ -386,6 +386,20 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
+def report(machine: dict, rows: list[dict], legend: str, prefix: Path) -> Path:
+    """Print the machine and the whole table, and write both as JSON to
+    ``<prefix>-<timestamp>.json``; returns that path."""
+    print()
+    print(f"machine: {machine}")
+    print(legend)
+    print_table(rows)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    json_path = prefix.parent / f"{prefix.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    json_path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    print(f"wrote {json_path}")
+    return json_path
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -525,16 +539,14 @@ def main(argv: list[str] | None = None) -> Path:
         "frames": args.frames,
         "sequence": args.sequence,
     }
-    print()
-    print(f"machine: {machine}")
-    print("ratio = official s/frame / ours s/frame (>1: ours is faster); frames 1..N-1 tracked")
-    print_table(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    json_path = args.out / f"benchmark-{device.type}-{stamp}.json"
-    json_path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    plot(rows, args.out / f"benchmark-{device.type}-{stamp}.png")
-    print(f"wrote {json_path} and its .png")
+    json_path = report(
+        machine,
+        rows,
+        "ratio = official s/frame / ours s/frame (>1: ours is faster); frames 1..N-1 tracked",
+        args.out / f"benchmark-{device.type}",
+    )
+    plot(rows, json_path.with_suffix(".png"))
+    print(f"wrote {json_path.with_suffix('.png')}")
     return json_path
 
 
