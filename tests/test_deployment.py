@@ -286,6 +286,7 @@ def test_the_staged_function_runs_under_nuclios_python_runtime(
     assert len(startup) == 1
     assert f"(input {SMALL_IMAGE_SIZE}px) on cpu, float32, not compiled" in startup[0]
     assert f"redis at 127.0.0.1:{own_redis.port} (from CVAT_REDIS_HOST" in startup[0]
+    assert "answered PING in" in startup[0]
     assert "hole filling" in startup[0] and "limits:" in startup[0]
     calls = [line for line in logs if line.startswith("tracked ")]
     assert calls[0].startswith("tracked 0 started, 1 continued, 0 replayed objects on a")

@@ -114,7 +114,7 @@ class ModelHandler:
     def from_env(cls, env: dict[str, str] | None = None, logger: InfoLogger = log) -> ModelHandler:
         env = dict(os.environ if env is None else env)
         backend = load_backend(env, logger)
-        store, store_description = store_from_env(env, backend.tracker.codec)
+        store, store_description = store_from_env(env, backend.tracker.codec, check=True)
         return cls(
             backend.tracker,
             store,
@@ -149,6 +149,10 @@ class ModelHandler:
         ]
         with timer.phase("state_read"):
             loaded = self._load(continued, digest)
+            if new and not continued:
+                # Continued objects were checked in the store; new ones alone only get there
+                # after the model ran: see first that the store answers.
+                self._store(self.store.ping)
 
         answers: dict[int, tuple[object, StateRef]] = {
             i: (found.shape, found.ref)

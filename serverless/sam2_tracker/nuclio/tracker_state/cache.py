@@ -69,6 +69,9 @@ class CachedStateStore(StateStore):
         )
         return loaded
 
+    def ping(self) -> None:
+        self.inner.ping()
+
     def check(self, refs: list[StateRef]) -> None:
         self.inner.check(refs)
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import time
+
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tracker_state.cache import DEFAULT_CACHED_OBJECTS, CachedStateStore
 from tracker_state.codec import Sam2StateCodec, StateCodec
-from tracker_state.stores import InMemoryStateStore, RedisStateStore, StateStore
+from tracker_state.stores import (
+    InMemoryStateStore,
+    RedisStateStore,
+    StateStore,
+    StoreUnavailable,
+)
 
 # CVAT's deploy scripts name the tracker's Redis with CVAT_FUNCTIONS_REDIS_* (current
 # releases) or CVAT_REDIS_* (earlier ones); when both are set the newer names win.
@@ -24,25 +31,61 @@ def redis_setting(env: dict[str, str], name: str) -> tuple[str, str] | None:
     return None
 
 
-def redis_client(host: str, port: int, password: str | None = None) -> redis.Redis:
-    """A client that gives up quickly: one immediate retry (a pooled connection that
-    went stale when Redis restarted), not redis-py's default of ten with growing pauses,
-    so an unreachable store is a 503 within milliseconds, not seconds."""
+# Seconds. Whole states (MiBs) go through the main client; the probe client carries what
+# runs before any model work (PING, the heads), so a lost store is a 503 within a second:
+# two tries of PROBE_TIMEOUT each.
+SOCKET_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 5.0
+PROBE_TIMEOUT = 0.3
+
+
+def redis_client(
+    host: str,
+    port: int,
+    password: str | None = None,
+    timeout: float = SOCKET_TIMEOUT,
+    connect_timeout: float = CONNECT_TIMEOUT,
+) -> redis.Redis:
+    """A client for Redis or Kvrocks as CVAT runs them.
+
+    RESP2: redis-py 8 opens connections with ``HELLO 3`` (RESP3) by default; Kvrocks, CVAT's
+    ``cvat_redis_ondisk``, answers that with a RESP2 reply and stays RESP2 (RESP3 is off
+    unless ``resp3-enabled yes``), which redis-py cannot parse. RESP2 is what every Redis
+    and Kvrocks speaks; a password then goes as ``AUTH <password>``.
+
+    It gives up quickly: one immediate retry (a pooled connection that went stale when
+    Redis restarted), not redis-py's default of ten with growing pauses."""
     return redis.Redis(
         host=host,
         port=port,
         password=password,
-        socket_timeout=10,
-        socket_connect_timeout=5,
+        protocol=2,
+        socket_timeout=timeout,
+        socket_connect_timeout=connect_timeout,
         health_check_interval=30,
         retry=Retry(NoBackoff(), retries=1),
     )
 
 
-def store_from_env(env: dict[str, str], codec: StateCodec | int) -> tuple[StateStore, str]:
+def redis_store(
+    host: str, port: int, password: str | None, codec: StateCodec, **options
+) -> RedisStateStore:
+    """A Redis store with its two clients (bulk transfers, and the quick probe)."""
+    return RedisStateStore(
+        redis_client(host, port, password),
+        codec=codec,
+        probe=redis_client(host, port, password, PROBE_TIMEOUT, PROBE_TIMEOUT),
+        **options,
+    )
+
+
+def store_from_env(
+    env: dict[str, str], codec: StateCodec | int, check: bool = False
+) -> tuple[StateStore, str]:
     """The store named by CVAT's variables for states in ``codec``'s layout (an int: SAM 2
     states with that many recent memories), and a line saying which one it is (never the
-    password).
+    password). With ``check``, a Redis store is sent one PING and the line says whether it
+    answered; one that does not leaves the worker up (calls get 503 until it answers).
 
     ``CVAT_FUNCTIONS_REDIS_HOST`` or ``CVAT_REDIS_HOST`` (unset: in-memory store), ``..._PORT``
     (default 6379), ``..._PASSWORD`` (optional).
@@ -59,12 +102,22 @@ def store_from_env(env: dict[str, str], codec: StateCodec | int) -> tuple[StateS
     host_variable, host_name = host
     port = int((redis_setting(env, "PORT") or ("", "6379"))[1])
     password = redis_setting(env, "PASSWORD")
-    client = redis_client(host_name, port, password[1] if password else None)
-    store: StateStore = RedisStateStore(client, codec=codec)
+    store: StateStore = redis_store(host_name, port, password[1] if password else None, codec)
     cached = int(env.get("SAM2_STATE_CACHE_OBJECTS") or DEFAULT_CACHED_OBJECTS)
     if cached > 0:
         store = CachedStateStore(store, cached)
-    return store, (
+    description = (
         f"state store: redis at {host_name}:{port} (from {host_variable}"
-        f"{', with password' if password else ''}; worker cache: {cached} objects)"
+        f"{', with password' if password else ''}; RESP2; worker cache: {cached} objects)"
     )
+    return store, f"{description}, {ping_result(store)}" if check else description
+
+
+def ping_result(store: StateStore) -> str:
+    """One PING, in words."""
+    start = time.perf_counter()
+    try:
+        store.ping()
+    except StoreUnavailable as error:
+        return f"NOT answering at startup ({error}): calls get 503 until it answers"
+    return f"answered PING in {(time.perf_counter() - start) * 1000:.1f} ms"

@@ -12,6 +12,9 @@ conflict.
 
 Writes are all-or-nothing for the objects of one call (Redis MULTI/EXEC under
 WATCH), so a failed call never changes a stored state.
+
+Every failure of the store itself (unreachable, a refused password, an error reply, a
+reply that is not Redis's protocol) is ``StoreUnavailable``: nothing changed, retry.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tracker_state.serialization import (
     ANSWER,
     HEAD,
     Answer,
+    StateFormatError,
     decode_answer,
     stored_frame_index,
 )
@@ -37,6 +41,7 @@ from tracker_state.serialization import (
 DEFAULT_TTL_SECONDS = 8 * 3600
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
 KEY_PREFIX = "sam2cvat:v1:"
+COMMIT_ATTEMPTS = 2  # a commit whose connection dropped while nothing changed is redone once
 
 
 class StateError(Exception):
@@ -109,6 +114,10 @@ class StateStore(ABC):
         StoreUnavailable."""
 
     @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers (one round trip)."""
+
+    @abstractmethod
     def check(self, refs: list[StateRef]) -> None:
         """Raise StateNotFound/StateConflict/StoreUnavailable unless every state is stored at
         its ref's frame (one round trip)."""
@@ -157,8 +166,16 @@ class PartStore(StateStore):
     def load(
         self, refs: list[StateRef], frame_digest: str | None = None
     ) -> list[TrackedState | Replay]:
+        tokens = [ref.token for ref in refs]
+        # The heads first (a few KiB, and a short timeout in Redis's case): a lost store, a
+        # missing state or one further on than a replay is told without reading states.
+        for ref, head in zip(refs, self._read_heads(tokens)):
+            if head is None:
+                raise StateNotFound(ref.token)
+            if stored_frame_index(head) not in (ref.frame_index, ref.frame_index + 1):
+                raise StateConflict(ref.token)
         loaded: list[TrackedState | Replay] = []
-        for ref, parts in zip(refs, self._read([ref.token for ref in refs])):
+        for ref, parts in zip(refs, self._read(tokens)):
             head = parts.get(HEAD)
             if head is None:
                 raise StateNotFound(ref.token)
@@ -249,6 +266,9 @@ class InMemoryStateStore(PartStore):
             return None
         return parts
 
+    def ping(self) -> None:
+        pass  # always there
+
     def _insert(self, entries: dict[str, dict[str, bytes]]) -> None:
         with self._lock:
             for token, parts in entries.items():
@@ -275,7 +295,13 @@ class InMemoryStateStore(PartStore):
 
 class RedisStateStore(PartStore):
     """States in Redis or Kvrocks, one key per object part, using only common commands
-    (SET EX, MGET, EXPIRE, WATCH/MULTI/EXEC)."""
+    (SET EX, MGET, EXPIRE, WATCH/MULTI/EXEC, PING).
+
+    ``probe`` is a client of the same server with short timeouts, for what runs before any
+    model work (PING, the heads): an unreachable or silent store is then told in under a
+    second, while whole states are read and written through ``client``, whose timeouts
+    allow for large transfers.
+    """
 
     def __init__(
         self,
@@ -284,9 +310,11 @@ class RedisStateStore(PartStore):
         ttl_seconds: float = DEFAULT_TTL_SECONDS,
         key_prefix: str = KEY_PREFIX,
         codec: StateCodec | None = None,
+        probe: redis.Redis | None = None,
     ) -> None:
         super().__init__(memory_capacity, ttl_seconds, codec)
         self.client = client
+        self.probe = probe or client
         self.key_prefix = key_prefix
 
     def key(self, token: str, part: str) -> str:
@@ -295,8 +323,16 @@ class RedisStateStore(PartStore):
     def _run(self, operation):
         try:
             return operation()
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise StoreUnavailable(f"state store unreachable: {error}") from error
+        except (StateError, StateFormatError, redis.WatchError):
+            raise
+        except (redis.RedisError, OSError, ValueError, AttributeError, TypeError) as error:
+            # redis-py's own errors, and what it raises on replies it cannot parse (a server
+            # that speaks another protocol): the store failed, nothing was changed.
+            message = f"state store failed: {type(error).__name__}: {error}"
+            raise StoreUnavailable(message) from error
+
+    def ping(self) -> None:
+        self._run(self.probe.ping)
 
     def _insert(self, entries: dict[str, dict[str, bytes]]) -> None:
         def operation():
@@ -322,7 +358,7 @@ class RedisStateStore(PartStore):
     def _read_heads(self, tokens: list[str]) -> list[bytes | None]:
         if not tokens:
             return []
-        return self._run(lambda: self.client.mget([self.key(token, HEAD) for token in tokens]))
+        return self._run(lambda: self.probe.mget([self.key(token, HEAD) for token in tokens]))
 
     def _compare_and_write(
         self, expected: dict[str, int], writes: dict[str, dict[str, bytes]]
@@ -331,21 +367,34 @@ class RedisStateStore(PartStore):
 
         def operation():
             with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    pipe.watch(*head_keys)
-                    heads = pipe.mget(head_keys)
-                    for (token, frame_index), head in zip(expected.items(), heads):
-                        self._check_expected(token, head, frame_index)
-                    pipe.multi()
-                    for token, parts in writes.items():
-                        for part in self.part_names:
-                            key = self.key(token, part)
-                            if part in parts:
-                                pipe.set(key, parts[part], ex=self.ttl_seconds)
-                            else:
-                                pipe.expire(key, self.ttl_seconds)
-                    pipe.execute()
-                except redis.WatchError as error:
-                    raise StateConflict(next(iter(expected))) from error
+                pipe.watch(*head_keys)
+                heads = pipe.mget(head_keys)
+                for (token, frame_index), head in zip(expected.items(), heads):
+                    self._check_expected(token, head, frame_index)
+                pipe.multi()
+                for token, parts in writes.items():
+                    for part in self.part_names:
+                        key = self.key(token, part)
+                        if part in parts:
+                            pipe.set(key, parts[part], ex=self.ttl_seconds)
+                        else:
+                            pipe.expire(key, self.ttl_seconds)
+                pipe.execute()
 
-        self._run(operation)
+        for _ in range(COMMIT_ATTEMPTS):
+            try:
+                self._run(operation)
+                return
+            except redis.WatchError:
+                # redis-py raises WatchError both when a watched head changed and when the
+                # connection dropped while watching (EXEC unsent, or sent and its reply
+                # lost): the heads as they are now tell which.
+                heads = self._run(lambda: self.client.mget(head_keys))
+                if all(head == writes[token].get(HEAD) for token, head in zip(expected, heads)):
+                    return  # our EXEC ran; only its reply was lost
+                for (token, frame_index), head in zip(expected.items(), heads):
+                    self._check_expected(token, head, frame_index)  # moved: a real conflict
+                # Nothing changed: the connection dropped before EXEC ran. Try again.
+        raise StoreUnavailable(
+            f"state store dropped the connection during {COMMIT_ATTEMPTS} commits in a row"
+        )
