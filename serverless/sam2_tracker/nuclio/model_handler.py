@@ -31,6 +31,7 @@ from tracker_state import (
 )
 from tracking.answers import Box, answer_points, shape_prompt
 from tracking.backend import FrameTracker, TrackResult, load_backend
+from tracking.cpu_threads import apply_torch_threads
 from tracking.engine import BoxPrompt, Prompt
 from tracking.frames import DEFAULT_MAX_PIXELS, FrameError, FrameTooLarge, decode_frame
 from tracking.model_loading import InfoLogger
@@ -113,13 +114,14 @@ class ModelHandler:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, logger: InfoLogger = log) -> ModelHandler:
         env = dict(os.environ if env is None else env)
+        threads = apply_torch_threads(env)  # before the model's first thread pool starts
         backend = load_backend(env, logger)
         store, store_description = store_from_env(env, backend.tracker.codec, check=True)
         return cls(
             backend.tracker,
             store,
             HandlerLimits.from_env(env),
-            (store_description, *backend.notes),
+            (store_description, threads, *backend.notes),
         )
 
     def describe(self) -> str:
