@@ -386,13 +386,15 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
-def report(machine: dict, rows: list[dict], legend: str, prefix: Path) -> Path:
-    """Print the machine and the whole table, and write both as JSON to
-    ``<prefix>-<timestamp>.json``; returns that path."""
+def report(
+    machine: dict, rows: list[dict], legend: str, prefix: Path, table=print_table
+) -> Path:
+    """Print the machine and the whole table (``table`` prints the rows), and write both
+    as JSON to ``<prefix>-<timestamp>.json``; returns that path."""
     print()
     print(f"machine: {machine}")
     print(legend)
-    print_table(rows)
+    table(rows)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     json_path = prefix.parent / f"{prefix.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     json_path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))

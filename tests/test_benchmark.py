@@ -48,3 +48,20 @@ def test_benchmark_writes_table_json_and_plot(tmp_path, shared_redis, capsys):
             assert row["speed_ratio"] > 0 and 0 <= row["worst_agreement"] <= 1
     assert report["machine"]["precision"] == "torch.float32"
     assert "ratio" in capsys.readouterr().out
+
+
+def test_store_benchmark_measures_hits_and_misses(tmp_path, shared_redis):
+    from bench.store_benchmark import main as store_main
+
+    davis_sequence("dog")
+    report = json.loads(
+        store_main(
+            ["--repeats", "2", "--backends", "sam2", "--image-size", "256", "--out", str(tmp_path)]
+        ).read_text()
+    )
+    [row] = report["rows"]
+    # At 256 input: 6 memories of 16x16x64 bfloat16 and the prompt memory, pointers, head.
+    assert 7 * 16 * 16 * 64 * 2 < row["state_bytes_per_object"] < 2**20
+    assert 0 < row["bytes_written_per_frame"] < row["state_bytes_per_object"]
+    for key in ("hit_ms", "miss_ms", "miss_read_ms", "commit_ms"):
+        assert row[key]["n"] == 2 and row[key]["median"] > 0
