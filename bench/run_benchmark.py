@@ -386,9 +386,7 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
-def report(
-    machine: dict, rows: list[dict], legend: str, prefix: Path, table=print_table
-) -> Path:
+def report(machine: dict, rows: list[dict], legend: str, prefix: Path, table=print_table) -> Path:
     """Print the machine and the whole table (``table`` prints the rows), and write both
     as JSON to ``<prefix>-<timestamp>.json``; returns that path."""
     print()
