@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 SAM2_VERSION ?= 1.1.0
+# PyPI's sam2 1.1.0 sdist (its files equal facebookresearch/sam2 at commit 2b90b9f, though
+# Meta did not upload it): installed only with this SHA-256, here and in the images.
+SAM2_SHA256 := 7e0ea252d43c10d853e3acfce0b5770ac683c30481bd6de311300e9d44f45b74
 # DeAOT (TRACKER_BACKEND=deaot): deaotpy without its dependencies, which would pull a CUDA
 # torch through torchvision and a CUDA-only correlation extension; what inference imports
 # needs neither.
@@ -25,8 +28,9 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml M
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 	$(PIP) install --quiet torch==$(TORCH_VERSION)
 	$(PIP) install --quiet -c constraints.txt -r requirements.txt -r requirements-dev.txt
+	printf 'sam2==$(SAM2_VERSION) --hash=sha256:$(SAM2_SHA256)\n' > $(VENV)/sam2-requirement.txt
 	SAM2_BUILD_CUDA=$${SAM2_BUILD_CUDA:-0} $(PIP) install --quiet --no-build-isolation --no-deps \
-		-c constraints.txt sam2==$(SAM2_VERSION)
+		--require-hashes -c constraints.txt -r $(VENV)/sam2-requirement.txt
 	$(PIP) install --quiet --no-deps deaotpy==$(DEAOTPY_VERSION)
 	$(PIP) install --quiet --no-build-isolation --no-deps -e .
 	$(PY) -c "import torch, sam2, redis, safetensors, cv2, nuclio_sdk, aot; print('torch', torch.__version__)"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import logging
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -40,6 +40,14 @@ OFFICIAL_CHECKPOINTS = {
     "configs/sam2.1/sam2.1_hiera_s.yaml": "sam2.1_hiera_small.pt",
     "configs/sam2.1/sam2.1_hiera_b+.yaml": "sam2.1_hiera_base_plus.pt",
     "configs/sam2.1/sam2.1_hiera_l.yaml": "sam2.1_hiera_large.pt",
+}
+# SHA-256 of each, as Meta serves them (the same files as on Meta's Hugging Face pages);
+# a download that differs is refused. The specs' build steps check the same values.
+OFFICIAL_CHECKSUMS = {
+    "sam2.1_hiera_tiny.pt": "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69",
+    "sam2.1_hiera_small.pt": "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38",
+    "sam2.1_hiera_base_plus.pt": "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5",
+    "sam2.1_hiera_large.pt": "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318",
 }
 
 
@@ -112,9 +120,14 @@ def checkpoint_cache_dir(env: dict[str, str]) -> Path:
 
 
 def download_official_checkpoint(
-    config: str, cache_dir: Path, base_url: str = CHECKPOINT_BASE_URL, logger: InfoLogger = log
+    config: str,
+    cache_dir: Path,
+    base_url: str = CHECKPOINT_BASE_URL,
+    logger: InfoLogger = log,
+    checksums: dict[str, str] = OFFICIAL_CHECKSUMS,
 ) -> Path:
-    """The official checkpoint for ``config``, downloaded into ``cache_dir`` once."""
+    """The official checkpoint for ``config``, downloaded into ``cache_dir`` once and
+    checked against its SHA-256."""
     name = OFFICIAL_CHECKPOINTS.get(config)
     if name is None:
         raise ModelSetupError(
@@ -126,6 +139,7 @@ def download_official_checkpoint(
     url = f"{base_url}/{name}"
     logger.info(f"downloading {url} to {target}")
     partial_path: str | None = None
+    digest = hashlib.sha256()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with (
@@ -133,11 +147,21 @@ def download_official_checkpoint(
             tempfile.NamedTemporaryFile(dir=cache_dir, delete=False) as partial,
         ):
             partial_path = partial.name
-            shutil.copyfileobj(response, partial)
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                partial.write(chunk)
+        if digest.hexdigest() != checksums[name]:
+            raise ModelSetupError(
+                f"the download of {url} has SHA-256 {digest.hexdigest()}, not the official "
+                f"{checksums[name]}: refused. Download it elsewhere, check it, and set "
+                "SAM2_CHECKPOINT to its path."
+            )
         os.replace(partial_path, target)
-    except (urllib.error.URLError, OSError, TimeoutError) as error:
+    except (urllib.error.URLError, OSError, TimeoutError, ModelSetupError) as error:
         if partial_path is not None and os.path.exists(partial_path):
-            os.unlink(partial_path)  # never leave a truncated checkpoint behind
+            os.unlink(partial_path)  # never leave a truncated or foreign checkpoint behind
+        if isinstance(error, ModelSetupError):
+            raise
         raise ModelSetupError(
             f"SAM2_CHECKPOINT is not set and the official checkpoint {url} could not be "
             f"downloaded into {cache_dir} ({error}). Download it elsewhere and set "
