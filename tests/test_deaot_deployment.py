@@ -56,7 +56,10 @@ def check_deaot_spec(spec: dict, gpu: bool, model: str = "deaott") -> None:
 
 @pytest.mark.parametrize("name", SPECS)
 def test_shipped_deaot_specs(name):
-    spec = yaml.safe_load((DEAOT_DIR / name).read_text())
+    text = (DEAOT_DIR / name).read_text()
+    spec = yaml.safe_load(text)
+    # Its comment names the script that deploys this spec, not the other one.
+    assert ("deploy_cpu.sh" in text) == ("gpu" not in name) != ("deploy_gpu.sh" in text)
     check_deaot_spec(spec, gpu="gpu" in name)
     sam2 = yaml.safe_load((REPO / "serverless/sam2_tracker/nuclio" / name).read_text())
     assert spec["metadata"]["name"] != sam2["metadata"]["name"]  # both in one CVAT
