@@ -70,9 +70,9 @@ esac
 # CPU objects per call: what fits in 60 s at one thread per worker (bench/call_budget.py).
 tiny_sha256=7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69
 case "$SAM2_MODEL_SIZE" in
-  tiny) letter=t; cpu_objects=8
+  tiny) letter=t; cpu_objects=7
         sha256=$tiny_sha256 ;;
-  small) letter=s; cpu_objects=8
+  small) letter=s; cpu_objects=7
          sha256=6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38 ;;
   base_plus) letter=b+; cpu_objects=6
              sha256=a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5 ;;

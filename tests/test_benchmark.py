@@ -65,3 +65,28 @@ def test_store_benchmark_measures_hits_and_misses(tmp_path, shared_redis):
     assert 0 < row["bytes_written_per_frame"] < row["state_bytes_per_object"]
     for key in ("hit_ms", "miss_ms", "miss_read_ms", "commit_ms"):
         assert row[key]["n"] == 2 and row[key]["median"] > 0
+
+
+def test_call_budget_pools_the_per_object_cost_over_sizes():
+    from bench.call_budget import with_limits
+
+    def row(size, encoder, one, per_object):
+        return {
+            "size": size,
+            "encoder_s": {"median": encoder},
+            "step_1_object_s": {"median": one},
+            "per_object_s": per_object,
+        }
+
+    rows = with_limits(
+        [row("tiny", 5.0, 8.0, 8.0), row("large", 25.0, 7.0, 7.0), row("small", 6.0, 7.5, 7.5)],
+        budget=60.0,
+    )
+    assert {r["pooled_per_object_s"] for r in rows} == {7.5}
+    # tiny: fixed 5 + 8 - 7.5 = 5.5 s, then 7 objects of 7.5 s = 58 s <= 60 < 65.5
+    assert [(r["size"], r["max_objects"]) for r in rows] == [
+        ("tiny", 7),
+        ("large", 4),
+        ("small", 7),
+    ]
+    assert all(r["call_s_at_max"] <= 60.0 for r in rows)
