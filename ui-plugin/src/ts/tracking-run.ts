@@ -1,0 +1,212 @@
+// One run of a tracker function over a list of frames: one call per frame for all objects,
+// states carried from call to call, busy answers retried, lost states restarted.
+
+import type { ShapeType, TrackerResults } from './cvat-core';
+import { LOST_STATE, RETRYABLE, statusOf, trackingErrorMessage } from './errors';
+
+/** A shape as the function takes and answers it (masks: CVAT's RLE + box). */
+export interface TrackerShape {
+    type: ShapeType;
+    points: number[];
+}
+
+/** One call through CVAT's relay: `shapes` starts objects on `frame`, `states` continues
+ * them onto it (the relay fetches the frame and signs the states). */
+export type CallFunction = (args: {
+    frame: number;
+    shapes?: TrackerShape[];
+    states?: unknown[];
+}) => Promise<TrackerResults>;
+
+/** An object to track, from its shape on the start frame. */
+export interface StartObject {
+    key: number;
+    shape: TrackerShape;
+}
+
+/** What the function answered on one frame: points per object key, null where the object
+ * was lost there (it is tracked no further). */
+export type FrameAnswers = Map<number, number[] | null>;
+
+export interface RunHooks {
+    cancelled: () => boolean;
+    onFrame: (frame: number, answers: FrameAnswers) => void;
+    onProgress: (message: string, percent: number) => void;
+}
+
+export interface RunOptions {
+    functionName: string;
+    /** Further tries of a call answered 503/504/502/408, with pauses doubling from backoffMs. */
+    retries: number;
+    backoffMs: number;
+    sleep: (ms: number) => Promise<void>;
+    now: () => number;
+}
+
+export const DEFAULT_RUN_OPTIONS: Omit<RunOptions, 'functionName'> = {
+    retries: 4,
+    backoffMs: 1000,
+    sleep: (ms) => new Promise((resolve) => { setTimeout(resolve, ms); }),
+    now: () => Date.now(),
+};
+
+/** A call that failed for good; its message is for the user. */
+export class TrackingError extends Error {}
+
+interface LiveObject {
+    key: number;
+    type: ShapeType;
+    state: unknown;
+    lastFrame: number;
+    lastPoints: number[];
+}
+
+export interface RunSummary {
+    /** Frames answered, in tracking order (a cancelled run stops between two frames). */
+    frames: number[];
+    cancelled: boolean;
+    /** Objects started again from their last shape after their state was lost (404/410). */
+    restarted: number;
+}
+
+export class TrackingRun {
+    readonly #call: CallFunction;
+    readonly #options: RunOptions;
+
+    public constructor(call: CallFunction, options: Partial<RunOptions> & { functionName: string }) {
+        this.#call = call;
+        this.#options = { ...DEFAULT_RUN_OPTIONS, ...options };
+    }
+
+    /** Start ``objects`` on ``startFrame``, then track them onto each of ``frames`` in order
+     * (increasing: forward, decreasing: backward). */
+    public async run(startFrame: number, frames: number[], objects: StartObject[], hooks: RunHooks):
+    Promise<RunSummary> {
+        const summary: RunSummary = { frames: [], cancelled: false, restarted: 0 };
+        if (objects.length === 0 || frames.length === 0) {
+            return summary;
+        }
+        const started = await this.#withRetries(startFrame, () => this.#call({
+            frame: startFrame, shapes: objects.map((object) => object.shape),
+        }));
+        let live: LiveObject[] = objects.map((object, index) => ({
+            key: object.key,
+            type: object.shape.type,
+            state: started.states[index],
+            lastFrame: startFrame,
+            lastPoints: object.shape.points,
+        }));
+        const began = this.#options.now();
+        for (const [index, frame] of frames.entries()) {
+            if (hooks.cancelled()) {
+                summary.cancelled = true;
+                break;
+            }
+            if (live.length === 0) {
+                break;
+            }
+            hooks.onProgress(this.#progress(index, frames.length, live.length, began), (
+                Math.floor((index / frames.length) * 100)));
+            const answers = await this.#track(frame, live, summary);
+            live = live.filter((object) => {
+                const points = answers.get(object.key);
+                if (points === null || points === undefined) {
+                    return false;
+                }
+                object.lastFrame = frame;
+                object.lastPoints = points;
+                return true;
+            });
+            hooks.onFrame(frame, answers);
+            summary.frames.push(frame);
+        }
+        hooks.onProgress(this.#progress(summary.frames.length, frames.length, live.length, began), 100);
+        return summary;
+    }
+
+    #progress(done: number, total: number, objects: number, began: number): string {
+        const seconds = (this.#options.now() - began) / 1000;
+        const rate = done > 0 && seconds > 0 ? `, ${(done / seconds).toFixed(2)} frames/s` : '';
+        return `Frame ${Math.min(done + 1, total)} of ${total}, ${objects} object${objects === 1 ? '' : 's'}${rate}`;
+    }
+
+    /** All live objects onto ``frame`` in one call; objects whose state was lost are started
+     * again from their last shape. */
+    async #track(frame: number, live: LiveObject[], summary: RunSummary): Promise<FrameAnswers> {
+        try {
+            return this.#continued(live, await this.#continue(frame, live));
+        } catch (error) {
+            if (!LOST_STATE.has(statusOf(error) ?? 0)) {
+                throw this.#failure(frame, error);
+            }
+        }
+        // Which objects were lost is not said (CVAT replaces the answer's body): each alone.
+        const answers: FrameAnswers = new Map();
+        for (const object of live) {
+            let result: TrackerResults;
+            try {
+                result = await this.#continue(frame, [object]);
+            } catch (error) {
+                if (!LOST_STATE.has(statusOf(error) ?? 0)) {
+                    throw this.#failure(frame, error);
+                }
+                const restarted = await this.#withRetries(object.lastFrame, () => this.#call({
+                    frame: object.lastFrame, shapes: [{ type: object.type, points: object.lastPoints }],
+                }));
+                [object.state] = restarted.states;
+                summary.restarted += 1;
+                try {
+                    result = await this.#continue(frame, [object]);
+                } catch (again) {
+                    throw this.#failure(frame, again);
+                }
+            }
+            this.#continued([object], result).forEach((points, key) => answers.set(key, points));
+        }
+        return answers;
+    }
+
+    async #continue(frame: number, objects: LiveObject[]): Promise<TrackerResults> {
+        return this.#withRetries(frame, () => this.#call({
+            frame, states: objects.map((object) => object.state),
+        }), true);
+    }
+
+    #continued(objects: LiveObject[], result: TrackerResults): FrameAnswers {
+        const answers: FrameAnswers = new Map();
+        objects.forEach((object, index) => {
+            object.state = result.states[index];
+            const shape = result.shapes[index];
+            answers.set(object.key, shape ? shape.points : null);
+        });
+        return answers;
+    }
+
+    /** ``call`` tried again while it answers a retryable status. Lost states pass through
+     * (``passLost``) for the caller to restart; anything else is the user's message. */
+    async #withRetries(frame: number, call: () => Promise<TrackerResults>, passLost = false):
+    Promise<TrackerResults> {
+        for (let attempt = 1; ; attempt += 1) {
+            try {
+                return await call();
+            } catch (error) {
+                const status = statusOf(error) ?? 0;
+                if (RETRYABLE.has(status) && attempt <= this.#options.retries) {
+                    await this.#options.sleep(this.#options.backoffMs * 2 ** (attempt - 1));
+                    continue;
+                }
+                if (passLost && LOST_STATE.has(status)) {
+                    throw error;
+                }
+                throw this.#failure(frame, error, attempt);
+            }
+        }
+    }
+
+    #failure(frame: number, error: unknown, attempts = 1): TrackingError {
+        if (error instanceof TrackingError) {
+            return error;
+        }
+        return new TrackingError(trackingErrorMessage(this.#options.functionName, frame, error, attempts));
+    }
+}
