@@ -16,7 +16,10 @@ STAMP := $(VENV)/.installed
 # Bytecode caches go under .cache/, not into the function folder (Nuclio's build context).
 export PYTHONPYCACHEPREFIX := $(CURDIR)/.cache/pycache
 
-.PHONY: install serve test lint bench clean
+UI := ui-plugin
+UI_STAMP := $(UI)/node_modules/.installed
+
+.PHONY: install serve test lint bench clean ui-plugin ui-check
 
 install: $(STAMP)
 
@@ -39,9 +42,22 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml M
 serve: install
 	$(PY) serve.py
 
-test: install
+test: install ui-check
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# The CVAT UI plugin: its pinned toolchain from the lockfile (npm registry).
+$(UI_STAMP): $(UI)/package.json $(UI)/package-lock.json
+	cd $(UI) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(UI_STAMP)
+
+# The plugin as one plain script for the stock CVAT UI; its path is the last line.
+ui-plugin: $(UI_STAMP)
+	@cd $(UI) && node build.mjs
+
+# Type check, lint and the logic tests (the browser test runs in pytest).
+ui-check: $(UI_STAMP)
+	cd $(UI) && npm run --silent typecheck && npm run --silent lint && npm test --silent
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -51,4 +67,4 @@ bench: install
 	$(PY) -m bench.run_benchmark
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(UI)/node_modules $(UI)/build $(UI)/dist
