@@ -176,7 +176,6 @@ export class TrackingOutput {
             object.written.forEach((points, frame) => {
                 track.shapes.push({
                     ...template,
-                    id: undefined,
                     frame,
                     points: points ?? template.points,
                     outside: points === null,
@@ -184,8 +183,9 @@ export class TrackingOutput {
                     attributes: [],
                 });
             });
-            track.shapes.sort((a, b) => a.frame - b.frame);
-            track.shapes.forEach((shape) => { delete shape.id; });
+            // Written anew: CVAT gives the keyframes new identities when it imports the track.
+            track.shapes = track.shapes.map((shape) => withoutIdentity(shape))
+                .sort((a, b) => a.frame - b.frame);
             created.tracks.push(track);
             if (object.original) {
                 deleted.tracks.push(object.original);
