@@ -30,7 +30,7 @@ from tracker_state import (
     store_from_env,
 )
 from tracking.answers import Box, answer_points, shape_prompt
-from tracking.backend import FrameTracker, TrackResult, load_backend
+from tracking.backend import CallNotServed, FrameTracker, TrackResult, load_backend
 from tracking.cpu_threads import apply_torch_threads
 from tracking.engine import BoxPrompt, Prompt
 from tracking.frames import DEFAULT_MAX_PIXELS, FrameError, FrameTooLarge, decode_frame
@@ -38,6 +38,7 @@ from tracking.model_loading import InfoLogger
 from tracking.protocol import (
     DEFAULT_MAX_OBJECTS,
     ContinuedObject,
+    KeyframedObject,
     NewObject,
     RequestError,
     bad_request,
@@ -146,31 +147,27 @@ class ModelHandler:
             request = parse_request(body, self.limits.max_objects)
             digest = frame_digest(request.image)
         new = [(i, o) for i, o in enumerate(request.objects) if isinstance(o, NewObject)]
-        continued = [
-            (i, o.ref) for i, o in enumerate(request.objects) if isinstance(o, ContinuedObject)
-        ]
+        stored = [(i, o) for i, o in enumerate(request.objects) if not isinstance(o, NewObject)]
         with timer.phase("state_read"):
-            loaded = self._load(continued, digest)
-            if new and not continued:
-                # Continued objects were checked in the store; new ones alone only get there
+            loaded = self._load([(i, o.ref) for i, o in stored], digest)
+            if new and not stored:
+                # Stored objects were checked in the store; new ones alone only get there
                 # after the model ran: see first that the store answers.
                 self._store(self.store.ping)
 
         answers: dict[int, tuple[object, StateRef]] = {
             i: (found.shape, found.ref)
-            for (i, _), found in zip(continued, loaded)
+            for (i, _), found in zip(stored, loaded)
             if isinstance(found, Replay)
         }
         stepping = [
-            (i, ref, found)
-            for (i, ref), found in zip(continued, loaded)
-            if not isinstance(found, Replay)
+            (i, o, found) for (i, o), found in zip(stored, loaded) if not isinstance(found, Replay)
         ]
         frame_size = None
         if new or stepping:
             frame_size = self._track(request.image, new, stepping, digest, timer, answers)
         self.last_call = CallSummary(
-            frame_size, len(new), len(stepping), len(continued) - len(stepping), timer.seconds
+            frame_size, len(new), len(stepping), len(stored) - len(stepping), timer.seconds
         )
         order = sorted(answers)
         return {
@@ -182,13 +179,14 @@ class ModelHandler:
         self,
         image: object,
         new: list[tuple[int, NewObject]],
-        stepping: list[tuple[int, StateRef, TrackedState]],
+        stepping: list[tuple[int, ContinuedObject | KeyframedObject, TrackedState]],
         digest: str | None,
         timer: PhaseTimer,
         answers: dict[int, tuple[object, StateRef]],
     ) -> tuple[int, int]:
-        """Run the model on the frame for new and continued objects, store their states and
-        put their answers into ``answers``; returns the frame size (height, width)."""
+        """Run the model on the frame for new, continued and keyframed objects, store their
+        states and put their answers into ``answers``; returns the frame size (height,
+        width)."""
         with timer.phase("decode"):
             try:
                 frame = decode_frame(image, self.limits.max_pixels)
@@ -196,23 +194,45 @@ class ModelHandler:
                 status = 413 if isinstance(error, FrameTooLarge) else 400
                 raise RequestError(status, str(error)) from error
         frame_size = (frame.height, frame.width)
+        continued = [(i, o, s) for i, o, s in stepping if isinstance(o, ContinuedObject)]
+        keyed = [(i, o, s) for i, o, s in stepping if isinstance(o, KeyframedObject)]
         with timer.phase("prompts"):
             prompts = [self._prompt(o, i, frame_size) for i, o in new]
-        states = [state for _, _, state in stepping]
-        self._check_compatible(states, [i for i, _, _ in stepping], frame_size)
+            key_prompts = [self._prompt(o, i, frame_size) for i, o, _ in keyed]
+        self._check_compatible([s for _, _, s in stepping], [i for i, _, _ in stepping], frame_size)
 
         with timer.phase("preprocess"):
             prepared = self.tracker.prepare(frame)
         with timer.phase("image_encoder"):
             features = self.tracker.encode(prepared)
         with timer.phase("tracking"):
-            started = self.tracker.start(
-                features,
-                prompts,
-                [o.shape_type for _, o in new],
-                [o.legacy for _, o in new],
-            )
-            stepped = self.tracker.step(features, states) if states else []
+            try:
+                started = self.tracker.start(
+                    features,
+                    prompts,
+                    [o.shape_type for _, o in new],
+                    [o.legacy for _, o in new],
+                    [o.frame for _, o in new],
+                )
+                stepped = (
+                    self.tracker.step(
+                        features, [s for _, _, s in continued], [o.frame for _, o, _ in continued]
+                    )
+                    if continued
+                    else []
+                )
+                keyframed = (
+                    self.tracker.add_keyframes(
+                        features,
+                        [s for _, _, s in keyed],
+                        key_prompts,
+                        [o.frame for _, o, _ in keyed],
+                    )
+                    if keyed
+                    else []
+                )
+            except CallNotServed as error:
+                raise bad_request(str(error)) from error
 
         with timer.phase("shapes"):
             started_answers = [
@@ -220,25 +240,31 @@ class ModelHandler:
                 for r, p in zip(started, prompts)
             ]
             stepped_answers = [self._answer(r, frame_size, r.state.last_box) for r in stepped]
+            keyed_answers = [self._answer(r, frame_size, r.state.last_box) for r in keyframed]
 
         with timer.phase("state_write"):
             # New states first: if that fails nothing CVAT holds has changed; if the
             # commit then fails, the new states are orphans that simply expire.
             created = self._store(lambda: self.store.create([s for _, s in started_answers]))
-            refs = [ref for _, ref, _ in stepping]
+            moved = [*continued, *keyed]
+            moved_answers = [*stepped_answers, *keyed_answers]
+            refs = [o.ref for _, o, _ in moved]
             stored_answers = [
-                Answer(state.frame_index, digest or "", shape) for shape, state in stepped_answers
+                Answer(state.frame_index, digest or "", shape, from_frame_index=ref.frame_index)
+                for (shape, state), ref in zip(moved_answers, refs)
             ]
             new_refs = self._store(
-                lambda: self.store.commit(refs, [s for _, s in stepped_answers], stored_answers)
+                lambda: self.store.commit(refs, [s for _, s in moved_answers], stored_answers)
             )
         for (i, _), (shape, _), ref in zip(new, started_answers, created):
             answers[i] = (shape, ref)
-        for (i, _, _), (shape, _), ref in zip(stepping, stepped_answers, new_refs):
+        for (i, _, _), (shape, _), ref in zip(moved, moved_answers, new_refs):
             answers[i] = (shape, ref)
         return frame_size
 
-    def _prompt(self, obj: NewObject, index: int, frame_size: tuple[int, int]) -> Prompt:
+    def _prompt(
+        self, obj: NewObject | KeyframedObject, index: int, frame_size: tuple[int, int]
+    ) -> Prompt:
         try:
             return shape_prompt(obj.shape_type, obj.points, frame_size)
         except ShapeError as error:

@@ -7,7 +7,10 @@ string header; nothing is ever unpickled):
   prompt's object pointer and a fixed ring of ``pointer_capacity`` recent
   pointers (unused rows have frame index -1). Fixed size, so the bytes held per
   object do not grow with the video.
-* ``prompt``: the prompt frame's memory, written once when tracking starts.
+* ``prompt``: the prompt frame's memory, written when tracking starts (and again when a
+  keyframe replaces the prompt).
+* ``keys``: the memories of keyframes added later (frame-numbered states only), written
+  when a keyframe is added; their pointers are in the head.
 * ``mem<k>``: ring slot k = frame_index % memory_capacity, one recent memory with
   the frame index it belongs to (checked against the head on load, which also
   catches a torn or mixed-up write).
@@ -17,8 +20,9 @@ string header; nothing is ever unpickled):
   ObjectState: a few bytes to a few KiB, no tensors.
 
 Per tracked frame only ``head``, one ``mem<k>`` and ``answer`` change (see
-``changed_parts``). Format 2 added the head's optional ``last_box``; format 1
-heads (without it) are still read.
+``changed_parts``); a keyframe call writes ``head``, ``prompt``, ``keys`` and ``answer``.
+Format 3 added frame-numbered states (the prompt's frame, the direction, later
+keyframes); format 2 the head's optional ``last_box``; formats 1 and 2 are still read.
 """
 
 from __future__ import annotations
@@ -33,13 +37,16 @@ from safetensors.torch import save as save_tensors
 
 from tracker_state.state import SHAPE_TYPES, ObjectState
 
-FORMAT_VERSION = "2"
-READABLE_VERSIONS = ("1", "2")
+FORMAT_VERSION = "3"
+READABLE_VERSIONS = ("1", "2", "3")
+ANSWER_FORMAT = "2"  # stored answers: frame index, frame digest, shape (+ the frame before)
 HEAD = "head"
 PROMPT = "prompt"
+KEYS = "keys"
 ANSWER = "answer"
 MEMORY_DTYPE = torch.bfloat16
 POINTER_DTYPE = torch.float32
+LOGITS_DTYPE = torch.float32  # keyframes' low-res mask logits, (1, image_size/4, image_size/4)
 
 
 class StateFormatError(ValueError):
@@ -52,7 +59,7 @@ def memory_part(slot: int) -> str:
 
 def part_names(memory_capacity: int) -> list[str]:
     """Every part a state may have, for a model reading ``memory_capacity`` memories."""
-    return [HEAD, PROMPT, *(memory_part(k) for k in range(memory_capacity)), ANSWER]
+    return [HEAD, PROMPT, KEYS, *(memory_part(k) for k in range(memory_capacity)), ANSWER]
 
 
 @dataclass(frozen=True)
@@ -63,22 +70,32 @@ class Answer:
         frame_index: the state's frame index after that call.
         frame_digest: SHA-256 (hex) of the ``image`` string CVAT sent for that frame.
         shape: the JSON value answered for the object (a shape, bare points or None).
+        from_frame_index: the state's frame index before that call (None: one frame
+            earlier, as answers written before frame-numbered states say implicitly).
     """
 
     frame_index: int
     frame_digest: str
     shape: object
+    from_frame_index: int | None = None
+
+    @property
+    def previous_frame_index(self) -> int:
+        if self.from_frame_index is None:
+            return self.frame_index - 1
+        return self.from_frame_index
 
 
 def encode_answer(answer: Answer) -> bytes:
-    return json.dumps(
-        {
-            "format_version": FORMAT_VERSION,
-            "frame_index": answer.frame_index,
-            "frame_digest": answer.frame_digest,
-            "shape": answer.shape,
-        }
-    ).encode()
+    data = {
+        "format_version": ANSWER_FORMAT,
+        "frame_index": answer.frame_index,
+        "frame_digest": answer.frame_digest,
+        "shape": answer.shape,
+    }
+    if answer.from_frame_index is not None:
+        data["from_frame_index"] = answer.from_frame_index
+    return json.dumps(data).encode()
 
 
 def decode_answer(blob: bytes | None) -> Answer | None:
@@ -92,12 +109,15 @@ def decode_answer(blob: bytes | None) -> Answer | None:
         return None
     if (
         not isinstance(data, dict)
-        or data.get("format_version") != FORMAT_VERSION
+        or data.get("format_version") != ANSWER_FORMAT
         or not isinstance(data.get("frame_index"), int)
         or not isinstance(data.get("frame_digest"), str)
+        or not isinstance(data.get("from_frame_index", 0), int)
     ):
         return None
-    return Answer(data["frame_index"], data["frame_digest"], data.get("shape"))
+    return Answer(
+        data["frame_index"], data["frame_digest"], data.get("shape"), data.get("from_frame_index")
+    )
 
 
 def _encode_head(state: ObjectState) -> bytes:
@@ -118,7 +138,14 @@ def _encode_head(state: ObjectState) -> bytes:
         "obj_ptr_frames": ring_frames,
         "memory_frames": memory_frames,
         "memory_shape": torch.tensor(tuple(state.prompt_memory.shape), dtype=torch.int64),
+        "prompt_frame": torch.tensor([state.prompt_frame], dtype=torch.int64),
+        "direction": torch.tensor([state.direction], dtype=torch.int64),
     }
+    if state.keyframes:
+        tensors["keyframe_frames"] = torch.tensor(list(state.keyframes), dtype=torch.int64)
+        tensors["keyframe_ptrs"] = torch.stack(
+            [ptr.to(POINTER_DTYPE) for _, ptr in state.keyframes.values()]
+        ).contiguous()
     if state.last_box is not None:
         tensors["last_box"] = torch.tensor(state.last_box, dtype=torch.float64)
     metadata = {
@@ -127,33 +154,61 @@ def _encode_head(state: ObjectState) -> bytes:
         "model_id": state.model_id,
         "shape_type": state.shape_type,
         "legacy": "1" if state.legacy else "0",
+        "numbered": "1" if state.numbered else "0",
     }
     return save_tensors(tensors, metadata=metadata)
 
 
-def _encode_memory(memory: torch.Tensor, frame_index: int) -> bytes:
-    return save_tensors(
-        {
-            "memory": memory.to(MEMORY_DTYPE).contiguous(),
-            "frame_index": torch.tensor([frame_index], dtype=torch.int64),
-        }
-    )
+def _encode_memory(
+    memory: torch.Tensor, frame_index: int, logits: torch.Tensor | None = None
+) -> bytes:
+    tensors = {
+        "memory": memory.to(MEMORY_DTYPE).contiguous(),
+        "frame_index": torch.tensor([frame_index], dtype=torch.int64),
+    }
+    if logits is not None:  # a keyframe's answer (frame-numbered states)
+        tensors["logits"] = logits.to(LOGITS_DTYPE).contiguous()
+    return save_tensors(tensors)
+
+
+def _encode_keyframes(state: ObjectState) -> bytes:
+    tensors = {}
+    for i, (frame, (memory, _)) in enumerate(state.keyframes.items()):
+        tensors[f"memory_{i}"] = memory.to(MEMORY_DTYPE).contiguous()
+        tensors[f"logits_{i}"] = state.keyframe_logits[frame].to(LOGITS_DTYPE).contiguous()
+    tensors["frames"] = torch.tensor(list(state.keyframes), dtype=torch.int64)
+    return save_tensors(tensors)
+
+
+def _keyframe_parts(state: ObjectState) -> dict[str, bytes]:
+    logits = state.keyframe_logits.get(state.prompt_frame)
+    parts = {PROMPT: _encode_memory(state.prompt_memory, state.prompt_frame, logits)}
+    if state.keyframes:
+        parts[KEYS] = _encode_keyframes(state)
+    return parts
 
 
 def encode_state(state: ObjectState) -> dict[str, bytes]:
     """All parts of a state (used when tracking starts and in tests)."""
-    parts = {HEAD: _encode_head(state), PROMPT: _encode_memory(state.prompt_memory, 0)}
+    parts = {HEAD: _encode_head(state), **_keyframe_parts(state)}
     for t, memory in state.memories.items():
         parts[memory_part(t % state.memory_capacity)] = _encode_memory(memory, t)
     return parts
 
 
+def just_keyed(state: ObjectState) -> bool:
+    """Whether the state was made by a keyframe call (a run starts on its keyframe)."""
+    return state.direction == 0 and not state.memories
+
+
 def changed_parts(state: ObjectState, answer: Answer | None = None) -> dict[str, bytes]:
-    """The parts that differ from the state one frame earlier: the head, the newest memory
-    and, when given, the answer on that frame."""
+    """The parts that differ from the state one call earlier: the head, the newest memory
+    (or, after a keyframe call, the keyframes) and, when given, the answer on that frame."""
     parts = {HEAD: _encode_head(state)}
     if answer is not None:
         parts[ANSWER] = encode_answer(answer)
+    if just_keyed(state):
+        parts.update(_keyframe_parts(state))
     newest = state.frame_index
     if newest in state.memories:
         parts[memory_part(newest % state.memory_capacity)] = _encode_memory(
@@ -230,6 +285,15 @@ def decode_state(parts: dict[str, bytes | None]) -> ObjectState:
     if "last_box" in head:
         _expect(head, "last_box", torch.float64, (4,))
         last_box = tuple(float(v) for v in head["last_box"])
+    prompt_frame, direction = 0, 1  # format 1 and 2: steps since a prompt on frame 0
+    if metadata.get("format_version") == FORMAT_VERSION:
+        _expect(head, "prompt_frame", torch.int64, (1,))
+        _expect(head, "direction", torch.int64, (1,))
+        prompt_frame, direction = int(head["prompt_frame"]), int(head["direction"])
+        if direction not in (-1, 0, 1):
+            raise StateFormatError("state field 'direction' is malformed")
+
+    keyframe_logits: dict[int, torch.Tensor] = {}
 
     def load_memory(name: str, frame_index: int) -> torch.Tensor:
         tensors = _load(parts.get(name), name)
@@ -237,6 +301,10 @@ def decode_state(parts: dict[str, bytes | None]) -> ObjectState:
         _expect(tensors, "frame_index", torch.int64, (1,))
         if int(tensors["frame_index"]) != frame_index:
             raise StateFormatError(f"state part {name!r} holds another frame than expected")
+        if "logits" in tensors:
+            if tensors["logits"].dtype != LOGITS_DTYPE or tensors["logits"].dim() != 3:
+                raise StateFormatError(f"state part {name!r} holds malformed logits")
+            keyframe_logits[frame_index] = tensors["logits"]
         return tensors["memory"]
 
     frame_index = int(head["frame_index"])
@@ -250,6 +318,7 @@ def decode_state(parts: dict[str, bytes | None]) -> ObjectState:
         for slot, t in enumerate(head["obj_ptr_frames"].tolist())
         if t >= 0
     }
+    keyframes = _decode_keyframes(parts.get(KEYS), head, memory_shape, channels, keyframe_logits)
     height, width = (int(v) for v in head["frame_size"])
     return ObjectState(
         model_id=metadata.get("model_id", ""),
@@ -257,11 +326,47 @@ def decode_state(parts: dict[str, bytes | None]) -> ObjectState:
         legacy=metadata.get("legacy") == "1",
         frame_size=(height, width),
         frame_index=frame_index,
-        prompt_memory=load_memory(PROMPT, 0),
+        prompt_memory=load_memory(PROMPT, prompt_frame),
         prompt_obj_ptr=head["prompt_obj_ptr"],
         memory_capacity=memory_capacity,
         pointer_capacity=pointer_capacity,
         memories=memories,
         obj_ptrs=obj_ptrs,
         last_box=last_box,
+        prompt_frame=prompt_frame,
+        keyframes=keyframes,
+        numbered=metadata.get("numbered") == "1",
+        direction=direction,
+        keyframe_logits=keyframe_logits,
     )
+
+
+def _decode_keyframes(
+    blob: bytes | None,
+    head: dict[str, torch.Tensor],
+    memory_shape: tuple,
+    channels: int,
+    logits: dict[int, torch.Tensor],
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The later keyframes: frames and pointers from the head, memories (and their logits,
+    into ``logits``) from ``keys``."""
+    if "keyframe_frames" not in head:
+        return {}
+    frames = head["keyframe_frames"]
+    if frames.dtype != torch.int64 or frames.dim() != 1 or frames.numel() == 0:
+        raise StateFormatError("state field 'keyframe_frames' is malformed")
+    count = frames.numel()
+    _expect(head, "keyframe_ptrs", POINTER_DTYPE, (count, channels))
+    tensors = _load(blob, KEYS)
+    _expect(tensors, "frames", torch.int64, (count,))
+    if not torch.equal(tensors["frames"], frames):
+        raise StateFormatError("state part 'keys' holds other keyframes than the head")
+    keyframes = {}
+    for i, t in enumerate(frames.tolist()):
+        _expect(tensors, f"memory_{i}", MEMORY_DTYPE, memory_shape)
+        keyframes[int(t)] = (tensors[f"memory_{i}"], head["keyframe_ptrs"][i].clone())
+        key_logits = tensors.get(f"logits_{i}")
+        if key_logits is None or key_logits.dtype != LOGITS_DTYPE or key_logits.dim() != 3:
+            raise StateFormatError("state part 'keys' holds malformed logits")
+        logits[int(t)] = key_logits
+    return keyframes

@@ -9,8 +9,11 @@ three things from the past of one object, and nothing else:
   before the current one.
 
 So an object's state is bounded however long the video is. Frame indices count
-frames since the prompt: the prompt frame is 0, and CVAT's calls are consecutive
-frames, so each continuation call is ``frame_index + 1``.
+frames since the prompt unless the caller names frames: the prompt frame is 0, and
+CVAT's calls are consecutive frames, so each continuation call is ``frame_index + 1``.
+A caller that sends frame numbers (``numbered`` states, docs/protocol.md) tracks by them:
+its keyframes (the prompt and any later ones) condition every frame as SAM 2's
+conditioning frames do, at their real temporal distances, forward or backward.
 """
 
 from __future__ import annotations
@@ -72,6 +75,15 @@ class ObjectState:
         last_box: for rectangle objects, the last box answered where the object was seen,
             (x1, y1, x2, y2) in frame pixels: the answer while SAM 2 says it is not visible
             (CVAT's rectangle panel cannot take ``null``). None for masks and polygons.
+        prompt_frame: the frame index of the prompt (0 unless ``numbered``).
+        keyframes: further conditioning frames, in the order they were added: frame index
+            -> ((C_mem, h, w) bfloat16 memory, (C,) float32 object pointer).
+        numbered: frame indices are the caller's frame numbers (not steps since the
+            prompt), so frames may be skipped and keyframes added.
+        direction: +1 tracking forward, -1 backward, 0 not yet moving (on a keyframe).
+        keyframe_logits: frame-numbered states: each keyframe's mask logits, (1,
+            image_size / 4, image_size / 4) float32: its answer when tracking reaches it
+            again (SAM 2 then answers the keyframe's own output and adds no memory).
     """
 
     model_id: str
@@ -86,26 +98,83 @@ class ObjectState:
     memories: dict[int, torch.Tensor] = field(default_factory=dict)
     obj_ptrs: dict[int, torch.Tensor] = field(default_factory=dict)
     last_box: tuple[float, float, float, float] | None = None
+    prompt_frame: int = 0
+    keyframes: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    numbered: bool = False
+    direction: int = 1
+    keyframe_logits: dict[int, torch.Tensor] = field(default_factory=dict)
 
-    def advanced(self, memory: torch.Tensor, obj_ptr: torch.Tensor) -> ObjectState:
-        """The state after tracking the next frame, given that frame's memory and pointer.
+    def is_keyframe(self, frame_index: int) -> bool:
+        return frame_index == self.prompt_frame or frame_index in self.keyframes
 
-        Older entries fall out of the windows SAM 2 reads; ``self`` is left unchanged,
-        so a call that fails later never alters the state it started from.
+    def next_frame(self) -> int:
+        """The frame a continuation without a frame number tracks: the next one in the
+        run's direction (forward on a keyframe)."""
+        return self.frame_index + (self.direction or 1)
+
+    def advanced(
+        self, memory: torch.Tensor, obj_ptr: torch.Tensor, frame_index: int | None = None
+    ) -> ObjectState:
+        """The state after tracking ``frame_index`` (default: ``next_frame()``), given that
+        frame's memory and pointer.
+
+        Entries farther behind than SAM 2 reads fall out of the windows; ``self`` is left
+        unchanged, so a call that fails later never alters the state it started from.
         """
-        frame_index = self.frame_index + 1
-        memories = {
-            t: m for t, m in self.memories.items() if t > frame_index - self.memory_capacity
-        }
-        memories[frame_index] = memory
-        obj_ptrs = {
-            t: p for t, p in self.obj_ptrs.items() if t > frame_index - self.pointer_capacity
-        }
-        obj_ptrs[frame_index] = obj_ptr
-        return replace(self, frame_index=frame_index, memories=memories, obj_ptrs=obj_ptrs)
+        moved = self.passed(self.next_frame() if frame_index is None else frame_index)
+        return replace(
+            moved,
+            memories={**moved.memories, moved.frame_index: memory},
+            obj_ptrs={**moved.obj_ptrs, moved.frame_index: obj_ptr},
+        )
+
+    def passed(self, frame_index: int) -> ObjectState:
+        """The state moved onto ``frame_index`` without a memory of it (one of its
+        keyframes, where SAM 2 adds none): entries farther behind than SAM 2 reads fall
+        out of the windows."""
+        direction = 1 if frame_index > self.frame_index else -1
+
+        def window(entries: dict, capacity: int) -> dict:
+            return {t: v for t, v in entries.items() if (frame_index - t) * direction < capacity}
+
+        return replace(
+            self,
+            frame_index=frame_index,
+            direction=direction,
+            memories=window(self.memories, self.memory_capacity),
+            obj_ptrs=window(self.obj_ptrs, self.pointer_capacity),
+        )
+
+    def with_keyframe(
+        self,
+        frame_index: int,
+        memory: torch.Tensor,
+        obj_ptr: torch.Tensor,
+        logits: torch.Tensor,
+        last_box: tuple[float, float, float, float] | None = None,
+    ) -> ObjectState:
+        """The state with one more conditioning frame, as ``add_new_mask`` (or a box) on an
+        object that has prompts: a run starts there, so memories of earlier tracked
+        frames are dropped (as in SAM 2 propagating afresh from its keyframes). A keyframe
+        on a frame that already is one replaces it in place."""
+        changes: dict = {}
+        if frame_index == self.prompt_frame:
+            changes = {"prompt_memory": memory, "prompt_obj_ptr": obj_ptr}
+        else:
+            changes = {"keyframes": {**self.keyframes, frame_index: (memory, obj_ptr)}}
+        return replace(
+            self,
+            **changes,
+            frame_index=frame_index,
+            direction=0,
+            memories={},
+            obj_ptrs={},
+            keyframe_logits={**self.keyframe_logits, frame_index: logits},
+            last_box=last_box if last_box is not None else self.last_box,
+        )
 
     def memory_view(self) -> MemoryView:
-        """SAM 2's view of this object: the prompt as frame 0's conditioning output."""
-        return MemoryView(
-            {0: (self.prompt_memory, self.prompt_obj_ptr)}, self.memories, self.obj_ptrs
-        )
+        """SAM 2's view of this object: the prompt, then the later keyframes, as its
+        conditioning outputs (in the order they were added)."""
+        cond = {self.prompt_frame: (self.prompt_memory, self.prompt_obj_ptr), **self.keyframes}
+        return MemoryView(cond, self.memories, self.obj_ptrs)

@@ -167,36 +167,45 @@ class PartStore(StateStore):
         self, refs: list[StateRef], frame_digest: str | None = None
     ) -> list[TrackedState | Replay]:
         tokens = [ref.token for ref in refs]
-        # The heads first (a few KiB, and a short timeout in Redis's case): a lost store, a
-        # missing state or one further on than a replay is told without reading states.
-        for ref, head in zip(refs, self._read_heads(tokens)):
-            if head is None:
-                raise StateNotFound(ref.token)
-            if stored_frame_index(head) not in (ref.frame_index, ref.frame_index + 1):
-                raise StateConflict(ref.token)
-        loaded: list[TrackedState | Replay] = []
-        for ref, parts in zip(refs, self._read(tokens)):
-            head = parts.get(HEAD)
-            if head is None:
-                raise StateNotFound(ref.token)
-            stored_index = stored_frame_index(head)
-            if stored_index == ref.frame_index:
+        # Heads and answers first (a few KiB, and a short timeout in Redis's case): a lost
+        # store, a missing state, a replay or a conflict is told without reading states.
+        loaded: list[TrackedState | Replay | None] = []
+        for ref, parts in zip(refs, self._read(tokens, (HEAD, ANSWER), probe=True)):
+            loaded.append(self._moved_on(ref, parts, frame_digest))
+        current = [i for i, item in enumerate(loaded) if item is None]
+        whole = self._read([tokens[i] for i in current]) if current else []
+        for i, parts in zip(current, whole):
+            ref = refs[i]
+            loaded[i] = self._moved_on(ref, parts, frame_digest)  # it may have moved since
+            if loaded[i] is None:
                 try:
-                    loaded.append(self.codec.decode(parts))
+                    loaded[i] = self.codec.decode(parts)
                 except ForeignState as error:
                     raise StateFromAnotherModel(ref.token, error.model_id) from error
-                continue
-            answer = decode_answer(parts.get(ANSWER))
-            if (
-                frame_digest is None
-                or answer is None
-                or stored_index != ref.frame_index + 1
-                or answer.frame_index != stored_index
-                or answer.frame_digest != frame_digest
-            ):
-                raise StateConflict(ref.token)
-            loaded.append(Replay(StateRef(ref.token, stored_index), answer.shape))
-        return loaded
+        return loaded  # type: ignore[return-value]
+
+    @staticmethod
+    def _moved_on(
+        ref: StateRef, parts: dict[str, bytes | None], frame_digest: str | None
+    ) -> Replay | None:
+        """None when the stored state is at the ref's frame; the stored answer when the call
+        repeats the one that moved it on (same state, same frame bytes); raises otherwise."""
+        head = parts.get(HEAD)
+        if head is None:
+            raise StateNotFound(ref.token)
+        stored_index = stored_frame_index(head)
+        if stored_index == ref.frame_index:
+            return None
+        answer = decode_answer(parts.get(ANSWER))
+        if (
+            frame_digest is None
+            or answer is None
+            or answer.frame_index != stored_index
+            or answer.previous_frame_index != ref.frame_index
+            or answer.frame_digest != frame_digest
+        ):
+            raise StateConflict(ref.token)
+        return Replay(StateRef(ref.token, stored_index), answer.shape)
 
     def check(self, refs: list[StateRef]) -> None:
         # Reads only the heads (a few KiB), not the memories.
@@ -224,10 +233,14 @@ class PartStore(StateStore):
     def _insert(self, entries: dict[str, dict[str, bytes]]) -> None: ...
 
     @abstractmethod
-    def _read(self, tokens: list[str]) -> list[dict[str, bytes | None]]: ...
+    def _read(
+        self, tokens: list[str], parts: tuple[str, ...] | None = None, probe: bool = False
+    ) -> list[dict[str, bytes | None]]:
+        """The stored ``parts`` (default: all) of each token, read atomically; ``probe``:
+        a small read before any model work (Redis: the client with short timeouts)."""
 
-    @abstractmethod
-    def _read_heads(self, tokens: list[str]) -> list[bytes | None]: ...
+    def _read_heads(self, tokens: list[str]) -> list[bytes | None]:
+        return [parts.get(HEAD) for parts in self._read(tokens, (HEAD,), probe=True)]
 
     @abstractmethod
     def _compare_and_write(
@@ -274,12 +287,14 @@ class InMemoryStateStore(PartStore):
             for token, parts in entries.items():
                 self._entries[token] = (time.monotonic() + self.ttl_seconds, dict(parts))
 
-    def _read(self, tokens: list[str]) -> list[dict[str, bytes | None]]:
+    def _read(
+        self, tokens: list[str], parts: tuple[str, ...] | None = None, probe: bool = False
+    ) -> list[dict[str, bytes | None]]:
+        names = parts or tuple(self.part_names)
         with self._lock:
-            return [dict(self._live(token) or {}) for token in tokens]
-
-    def _read_heads(self, tokens: list[str]) -> list[bytes | None]:
-        return [parts.get(HEAD) for parts in self._read(tokens)]
+            return [
+                {name: (self._live(token) or {}).get(name) for name in names} for token in tokens
+            ]
 
     def _compare_and_write(
         self, expected: dict[str, int], writes: dict[str, dict[str, bytes]]
@@ -344,21 +359,20 @@ class RedisStateStore(PartStore):
 
         self._run(operation)
 
-    def _read(self, tokens: list[str]) -> list[dict[str, bytes | None]]:
-        keys = [self.key(token, part) for token in tokens for part in self.part_names]
+    def _read(
+        self, tokens: list[str], parts: tuple[str, ...] | None = None, probe: bool = False
+    ) -> list[dict[str, bytes | None]]:
+        names = parts or tuple(self.part_names)
+        keys = [self.key(token, part) for token in tokens for part in names]
         if not keys:
             return []
-        values = self._run(lambda: self.client.mget(keys))
-        per_token = len(self.part_names)
+        client = self.probe if probe else self.client
+        values = self._run(lambda: client.mget(keys))
+        per_token = len(names)
         return [
-            dict(zip(self.part_names, values[i * per_token : (i + 1) * per_token]))
+            dict(zip(names, values[i * per_token : (i + 1) * per_token]))
             for i in range(len(tokens))
         ]
-
-    def _read_heads(self, tokens: list[str]) -> list[bytes | None]:
-        if not tokens:
-            return []
-        return self._run(lambda: self.probe.mget([self.key(token, HEAD) for token in tokens]))
 
     def _compare_and_write(
         self, expected: dict[str, int], writes: dict[str, dict[str, bytes]]

@@ -22,9 +22,11 @@ import torch
 from PIL import Image
 from tracker_state.codec import StateCodec, TrackedState
 
-from tracking.engine import Prompt
+from tracking.engine import CallNotServed, Prompt
 from tracking.frames import PreparedFrame
 from tracking.model_loading import InfoLogger, ModelSetupError
+
+__all__ = ["CallNotServed", "FrameTracker", "LoadedBackend", "TrackResult", "load_backend"]
 
 DEFAULT_BACKEND = "sam2"
 # Backend name -> "module:function" building it from the environment; imported only when
@@ -67,12 +69,29 @@ class FrameTracker(Protocol):
         prompts: list[Prompt],
         shape_types: list[str],
         legacy_flags: list[bool],
+        frames: list[int | None] | None = None,
     ) -> list[TrackResult]:
-        """New objects on this frame (their prompt frame), one per prompt."""
+        """New objects on this frame (their prompt frame), one per prompt; ``frames``: the
+        caller's number of this frame per object (None: count steps from here)."""
         ...
 
-    def step(self, features: Any, states: list[TrackedState]) -> list[TrackResult]:
-        """Stored objects tracked onto this frame (each state's next frame), in order."""
+    def step(
+        self, features: Any, states: list[TrackedState], frames: list[int | None] | None = None
+    ) -> list[TrackResult]:
+        """Stored objects tracked onto this frame, in order: each state's next frame, or
+        the frame number given (raises CallNotServed when the state cannot go there)."""
+        ...
+
+    def add_keyframes(
+        self,
+        features: Any,
+        states: list[TrackedState],
+        prompts: list[Prompt],
+        frames: list[int],
+    ) -> list[TrackResult]:
+        """One more keyframe per stored object, on this frame (number ``frames[i]``): its
+        prompt conditions the object from now on; the result is the keyframe's mask.
+        Raises CallNotServed when the backend or the state takes no keyframes."""
         ...
 
     def frame_mask(self, result: TrackResult, frame_size: tuple[int, int]) -> np.ndarray:

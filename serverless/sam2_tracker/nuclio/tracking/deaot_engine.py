@@ -45,7 +45,7 @@ from tracker_state.deaot_state import (
 from tracking.backend import LoadedBackend
 from tracking.deaot_frames import MAX_LONG_EDGE, deaot_pixels, label_for_input
 from tracking.deaot_model import DeaotSettings, load_deaot
-from tracking.engine import BoxPrompt, MaskPrompt, Prompt, Sam2StreamTracker
+from tracking.engine import BoxPrompt, CallNotServed, MaskPrompt, Prompt, Sam2StreamTracker
 from tracking.frames import PreparedFrame
 from tracking.model_loading import InfoLogger, load_sam2_tracker
 
@@ -244,9 +244,11 @@ class DeaotTracker:
         prompts: list[Prompt],
         shape_types: list[str],
         legacy_flags: list[bool],
+        frames: list[int | None] | None = None,
     ) -> list[DeaotStepResult]:
         """Reference frames of new objects: each prompt's mask (a box's from SAM 2) is
-        the object's reference memory and its answer on this frame."""
+        the object's reference memory and its answer on this frame. Frame numbers are
+        not needed: DeAOT's memory does not encode time."""
         results = []
         masks = self._prompt_masks(features, prompts)
         for prompt, mask, shape_type, legacy in zip(
@@ -280,9 +282,23 @@ class DeaotTracker:
     # -- later frames ----------------------------------------------------------
 
     @torch.no_grad()
-    def step(self, features: DeaotFeatures, states: list[DeaotState]) -> list[DeaotStepResult]:
-        """Each object's next frame, one engine per object over the shared features."""
+    def step(
+        self,
+        features: DeaotFeatures,
+        states: list[DeaotState],
+        frames: list[int | None] | None = None,
+    ) -> list[DeaotStepResult]:
+        """Each object's next frame in the caller's order (frame numbers, forward or
+        backward, need nothing else), one engine per object over the shared features."""
         return [self._step_one(features, state) for state in states]
+
+    def add_keyframes(self, features, states, prompts, frames) -> list[DeaotStepResult]:
+        """Refused: a DeAOT object's reference memory is the frame it started on, as in
+        SAM-Track; a correction starts the object again from the corrected shape."""
+        raise CallNotServed(
+            "DeAOT takes no keyframes on a tracked object: start it again from the corrected "
+            "shape (send the shape without its state)"
+        )
 
     def _step_one(self, features: DeaotFeatures, state: DeaotState) -> DeaotStepResult:
         engine = self._restored_engine(features, state)

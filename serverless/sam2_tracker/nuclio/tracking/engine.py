@@ -26,7 +26,7 @@ attention and the heads as one batch.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -57,6 +57,11 @@ def split_into_passes(count: int, max_batch: int, powers_of_two: bool) -> list[i
         sizes.append(min(max_batch, 1 << (count.bit_length() - 1)))
         count -= sizes[-1]
     return sizes
+
+
+class CallNotServed(ValueError):
+    """A call a backend cannot serve for these objects (a 400 saying why): e.g. a frame
+    number for an object started without one, or a keyframe a backend cannot take."""
 
 
 @dataclass(frozen=True)
@@ -204,16 +209,69 @@ class Sam2StreamTracker:
         prompts: list[Prompt],
         shape_types: list[str],
         legacy_flags: list[bool],
+        frames: list[int | None] | None = None,
     ) -> list[StepResult]:
-        """Track the prompt frame (frame 0) of new objects, one per prompt. Each prompt
-        runs on its own, as the official predictor does (prompts differ in kind)."""
+        """Track the prompt frame of new objects, one per prompt. Each prompt runs on its
+        own, as the official predictor does (prompts differ in kind). With a frame number
+        the object is tracked by frame numbers from there (``ObjectState.numbered``);
+        without, its prompt frame is 0 and each continuation the next step."""
+        frames = frames or [None] * len(prompts)
         with self._autocast():
-            return [
+            results = [
                 self._start_one(features, prompt, shape_type, legacy)
                 for prompt, shape_type, legacy in zip(
                     prompts, shape_types, legacy_flags, strict=True
                 )
             ]
+        return [
+            result
+            if frame is None
+            else StepResult(
+                replace(
+                    result.state,
+                    numbered=True,
+                    frame_index=frame,
+                    prompt_frame=frame,
+                    direction=0,
+                    keyframe_logits={frame: result.low_res_logits},
+                ),
+                result.low_res_logits,
+            )
+            for result, frame in zip(results, frames, strict=True)
+        ]
+
+    @torch.inference_mode()
+    def add_keyframes(
+        self,
+        features: FrameFeatures,
+        states: list[ObjectState],
+        prompts: list[Prompt],
+        frames: list[int],
+    ) -> list[StepResult]:
+        """One more conditioning frame per object, exactly as ``add_new_mask`` (or a box)
+        adds one before propagating: the prompt alone decides the keyframe's output (no
+        memory is read), its memory is encoded from the consolidated logits, and from
+        then on it conditions the object with its other keyframes (``with_keyframe``)."""
+        for state in states:
+            if not state.numbered:
+                raise CallNotServed(
+                    "a keyframe needs an object tracked by frame numbers: start it with "
+                    "the frame number in its shape"
+                )
+        results = []
+        with self._autocast():
+            for state, prompt, frame in zip(states, prompts, frames, strict=True):
+                keyed = self._start_one(features, prompt, state.shape_type, state.legacy)
+                box = prompt.box if isinstance(prompt, BoxPrompt) else None
+                new_state = state.with_keyframe(
+                    frame,
+                    keyed.state.prompt_memory,
+                    keyed.state.prompt_obj_ptr,
+                    keyed.low_res_logits,
+                    box,
+                )
+                results.append(StepResult(new_state, keyed.low_res_logits))
+        return results
 
     def _prompt_inputs(self, prompt: Prompt, frame_size: tuple[int, int]):
         """(point_inputs, mask_inputs) as add_new_points_or_box / add_new_mask build them."""
@@ -276,14 +334,61 @@ class Sam2StreamTracker:
     # -- later frames ----------------------------------------------------------
 
     @torch.inference_mode()
-    def step(self, features: FrameFeatures, states: list[ObjectState]) -> list[StepResult]:
-        """Track the next frame for every object (each state's frame index + 1); results
-        are in ``states`` order."""
-        outputs = self.track(features, [(s.memory_view(), s.frame_index + 1) for s in states])
-        return [
-            StepResult(state.advanced(out.memory, out.obj_ptr), out.low_res_logits)
-            for state, out in zip(states, outputs, strict=True)
+    def step(
+        self,
+        features: FrameFeatures,
+        states: list[ObjectState],
+        frames: list[int | None] | None = None,
+    ) -> list[StepResult]:
+        """Track every object onto this frame: the frame number given, or each state's next
+        frame; results are in ``states`` order. Objects going backward are tracked as SAM
+        2 propagates in reverse."""
+        targets = [
+            self._target(state, frame)
+            for state, frame in zip(states, frames or [None] * len(states), strict=True)
         ]
+        results: list[StepResult | None] = [None] * len(states)
+        for i, (state, target) in enumerate(zip(states, targets, strict=True)):
+            if target in state.keyframe_logits:
+                # One of its keyframes: SAM 2 answers the keyframe's output, tracks nothing.
+                results[i] = StepResult(state.passed(target), state.keyframe_logits[target])
+        for reverse in (False, True):
+            chosen = [
+                i
+                for i, t in enumerate(targets)
+                if results[i] is None and (t < states[i].frame_index) == reverse
+            ]
+            if not chosen:
+                continue
+            outputs = self.track(
+                features,
+                [(states[i].memory_view(), targets[i]) for i in chosen],
+                reverse=reverse,
+            )
+            for i, out in zip(chosen, outputs, strict=True):
+                new_state = states[i].advanced(out.memory, out.obj_ptr, targets[i])
+                results[i] = StepResult(new_state, out.low_res_logits)
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _target(state: ObjectState, frame: int | None) -> int:
+        """The frame a state is tracked onto, checked against how it was started."""
+        if frame is None:
+            return state.next_frame()
+        if not state.numbered:
+            raise CallNotServed(
+                "this object was started without a frame number, so it is continued without "
+                "one (leave 'frame' out, or start it again with one)"
+            )
+        if frame == state.frame_index:
+            raise CallNotServed(f"this object is already on frame {frame}")
+        if state.direction and (frame - state.frame_index) * state.direction < 0:
+            way = "forward" if state.direction > 0 else "backward"
+            raise CallNotServed(
+                f"this object is being tracked {way} (last on frame {state.frame_index}); "
+                f"frame {frame} is the other way: add a keyframe there, or start again"
+            )
+        return frame
 
     @torch.inference_mode()
     def track(

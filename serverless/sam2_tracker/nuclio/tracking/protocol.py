@@ -5,6 +5,12 @@ docs/protocol.md). Per object, a non-null state continues tracking; otherwise it
 shape starts a new track. ``states`` may be empty (all objects start). Newer CVAT
 sends shapes as ``{"type", "points"}``; older CVAT sends bare rectangle arrays and
 expects bare arrays back.
+
+Frame numbers (docs/protocol.md, "Frame numbers and keyframes"): a shape may carry
+``"frame"``, the number of this call's frame (CVAT's relay passes shapes through as
+sent). With a state, ``{"frame": n}`` continues the object onto frame n, and a whole
+shape with its frame adds a keyframe there. Callers that send none get what they always
+got: a state with a shape continues, and the shape is not read.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class NewObject:
     shape_type: str
     points: list
     legacy: bool  # came as a bare point array (older CVAT)
+    frame: int | None = None  # this frame's number, when the caller tracks by numbers
 
 
 @dataclass(frozen=True)
@@ -45,9 +52,20 @@ class ContinuedObject:
     """An object to track onto this frame from its stored state."""
 
     ref: StateRef
+    frame: int | None = None  # this frame's number; None: the state's next frame
 
 
-TrackedObject = NewObject | ContinuedObject
+@dataclass(frozen=True)
+class KeyframedObject:
+    """A stored object given one more keyframe: its shape on this frame (number ``frame``)."""
+
+    ref: StateRef
+    shape_type: str
+    points: list
+    frame: int
+
+
+TrackedObject = NewObject | ContinuedObject | KeyframedObject
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,29 @@ def parse_state_ref(state: object, index: int) -> StateRef:
     )
 
 
+def parse_frame(shape: object, index: int) -> int | None:
+    """The frame number a shape carries, or None."""
+    if not isinstance(shape, dict) or "frame" not in shape:
+        return None
+    frame = shape["frame"]
+    if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0:
+        raise bad_request(f"shapes[{index}].frame must be a frame number (an integer >= 0)")
+    return frame
+
+
+def parse_continued(state: object, shape: object, index: int) -> TrackedObject:
+    """An object with a state: continued, or given a keyframe when its shape is whole and
+    names its frame."""
+    ref = parse_state_ref(state, index)
+    frame = parse_frame(shape, index)
+    if frame is None:
+        return ContinuedObject(ref)
+    if isinstance(shape, dict) and "type" in shape:
+        new = parse_shape(shape, index)
+        return KeyframedObject(ref, new.shape_type, new.points, frame)
+    return ContinuedObject(ref, frame)
+
+
 def parse_shape(shape: object, index: int) -> NewObject:
     if isinstance(shape, list):
         return NewObject("rectangle", shape, legacy=True)
@@ -102,7 +143,7 @@ def parse_shape(shape: object, index: int) -> NewObject:
     points = shape.get("points")
     if not isinstance(points, list):
         raise bad_request(f"shapes[{index}].points must be a list of numbers")
-    return NewObject(shape_type, points, legacy=False)
+    return NewObject(shape_type, points, legacy=False, frame=parse_frame(shape, index))
 
 
 def parse_request(body: object, max_objects: int = DEFAULT_MAX_OBJECTS) -> TrackRequest:
@@ -130,14 +171,20 @@ def parse_request(body: object, max_objects: int = DEFAULT_MAX_OBJECTS) -> Track
     objects: list[TrackedObject] = []
     for index in range(count):
         state = states[index] if states else None
-        if state is not None:
-            objects.append(ContinuedObject(parse_state_ref(state, index)))
-            continue
         shape = shapes[index] if shapes else None
+        if state is not None:
+            objects.append(parse_continued(state, shape, index))
+            continue
         if shape is None:
             raise bad_request(f"object {index} has neither a shape nor a state")
         objects.append(parse_shape(shape, index))
-    tokens = [o.ref.token for o in objects if isinstance(o, ContinuedObject)]
+    tokens = [o.ref.token for o in objects if not isinstance(o, NewObject)]
     if len(set(tokens)) != len(tokens):
         raise bad_request("the same state appears twice in one call")
+    frames = {o.frame for o in objects if o.frame is not None}
+    if len(frames) > 1:
+        raise bad_request(
+            f"shapes name frames {sorted(frames)}, but a call carries one frame: all the "
+            "frame numbers of one call must be the same"
+        )
     return TrackRequest(image=data["image"], objects=objects)
