@@ -8,7 +8,9 @@ notes describe it): ``GET /api/lambda/functions`` lists the function (``kind``,
 shapes?, states?}`` checks that ``frame`` lies in the job (400), reads that frame itself
 (the browser never uploads images), unsigns the states (400 on a bad or old signature),
 sends the function ``{image, shapes, states}`` (no ``states``: a start, states empty; no
-``shapes``: a continuation, shapes padded with nulls; both: both as sent), signs the
+``shapes``: a continuation, shapes padded with nulls; both: both as sent, a null state
+as null; every shape's ``type`` is read first: without one CVAT fails with a 500, an
+undeclared one is a 400), signs the
 returned states, and relays a non-2xx answer with its status and CVAT's own text instead
 of the function's body (``"404 Client Error: Not Found for url: ..."``).
 
@@ -101,10 +103,17 @@ class LambdaRelay:
             if keys:
                 self.redis_client.delete(*keys)
         try:
-            states = [self.unsign(s) for s in body.get("states") or []]
+            states = [None if s is None else self.unsign(s) for s in body.get("states") or []]
         except ValueError:
             return 400, b'{"detail": "invalid state signature"}', "application/json"
         shapes = body.get("shapes")
+        for shape in shapes or []:
+            # CVAT's prepare_shape reads every non-null shape's type (a KeyError: its 500)
+            # and refuses types the function does not declare.
+            if shape is not None and "type" not in shape:
+                return 500, b'"KeyError: type"', "application/json"
+            if shape is not None and shape["type"] not in self.function["supported_shape_types"]:
+                return 400, b'{"detail": "unsupported shape type"}', "application/json"
         if "states" not in body:
             states = []
         if "shapes" not in body:

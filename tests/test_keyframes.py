@@ -194,8 +194,9 @@ def test_over_http_as_cvats_relay_sends_it(
     present_checkpoint, own_redis, function_server_factory, folder, model
 ):
     """The same correction flow as the relay passes it: ``{"type", "points", "frame"}`` to
-    start, ``{"frame": n}`` with the state to continue, a whole shape with its frame and the
-    state to add a keyframe. Redis holds one more keyframe's memory, then stays flat."""
+    start, ``{"type", "frame": n}`` with the state to continue (CVAT's relay reads every
+    shape's type), a whole shape with its frame and the state to add a keyframe. Redis
+    holds one more keyframe's memory, then stays flat."""
     sequence = davis_sequence(SEQUENCE)
     paths = frame_paths(sequence)
     first, fix = ground_truth(sequence, 0), ground_truth(sequence, 6)
@@ -215,14 +216,14 @@ def test_over_http_as_cvats_relay_sends_it(
     answer = call(0, {"type": "mask", "points": encode_mask(first), "frame": 0}, [])
     sizes = {}
     for frame in range(1, 13):
-        answer = call(frame, {"frame": frame}, answer["states"])
+        answer = call(frame, {"type": "mask", "frame": frame}, answer["states"])
         assert answer["states"][0]["frame"] == frame
         sizes[frame] = redis_bytes(client)[0]
     answer = call(6, {"type": "mask", "points": encode_mask(fix), "frame": 6}, answer["states"])
     assert answer["states"][0]["frame"] == 6
     expected = official(model, folder, [{0: first, 6: fix}], start=6, reverse=False)
     for frame in range(7, NUM_FRAMES):
-        answer = call(frame, {"frame": frame}, answer["states"])
+        answer = call(frame, {"frame": frame}, answer["states"])  # the type is not needed
         ours = decode_mask(answer["shapes"][0]["points"], image_width=width, image_height=height)
         theirs = (expected[frame][0, 0] > 0).numpy()
         assert (ours == theirs).mean() >= 0.99999, f"frame {frame}"

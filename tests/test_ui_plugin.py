@@ -34,6 +34,7 @@ from conftest import (
 from cvat_lambda_relay import LambdaRelay
 from cvat_sdk.masks import decode_mask, encode_mask
 from test_equivalence import extra_masks
+from test_keyframes import official as official_keyframes
 from test_video import official
 from tracking.engine import MaskPrompt
 from tracking.shapes import mask_to_polygon, rasterize_polygon
@@ -55,6 +56,7 @@ FUNCTION = {
 }
 TARGET = "Target frame"
 CONVERT = "Convert polygon shapes to tracks"
+KEYFRAMES = "Use all keyframes of the object"
 AGREEMENT = 0.99999
 
 
@@ -231,12 +233,18 @@ def test_one_mask_forward_then_a_rerun_from_a_corrected_frame(open_job, model, f
     expected = reference(model, folders[0], [gt], 8)
     for frame in range(1, 8):
         assert_agrees(ours[frame][0], expected[frame][0], f"frame {frame}")
-    # One call per frame, all through the relay, the frame numbers in the job.
+    # One call per frame, all through the relay, the frame numbers in the job (and in the
+    # shapes, for the function: the relay passes them through).
     assert [c["frame"] for c in relay.calls] == list(range(8))
-    assert "shapes" in relay.calls[0] and all("states" in c for c in relay.calls[1:])
+    assert relay.calls[0]["shapes"][0]["frame"] == 0 and "states" not in relay.calls[0]
+    assert all(
+        c["shapes"] == [{"type": "mask", "frame": c["frame"]}] and "states" in c
+        for c in relay.calls[1:]
+    )
 
     # The annotator fixes frame 3 (CVAT turns an edited auto mask into semi-auto) and runs
-    # again from there: frames 4-7 follow the fixed mask, one mask per frame remains.
+    # again from there: frame 0's mask still counts (SAM 2 with masks on 0 and 3,
+    # propagating from 3), one mask per frame remains.
     fixed = ground_truth(sequence, 3)
     [tracked] = [s for s in exported["shapes"] if s["frame"] == 3]
     corrected = {**tracked, "points": encode_mask(fixed), "source": "semi-auto"}
@@ -247,11 +255,21 @@ def test_one_mask_forward_then_a_rerun_from_a_corrected_frame(open_job, model, f
     assert result["error"] is None, result
     rerun = masks_by_frame(browser("export"), height, width, group=1)
     assert sorted(rerun) == list(range(8)) and all(len(m) == 1 for m in rerun.values())
-    restarted = reference(model, folders[3], [fixed], 5)
+    keyframed = official_keyframes(model, folders[0], [{0: gt, 3: fixed}], start=3, reverse=False)
     for frame in range(4, 8):
-        assert_agrees(rerun[frame][0], restarted[frame - 3][0], f"re-run, frame {frame}")
+        theirs = (keyframed[frame][0, 0] > 0).numpy()
+        assert_agrees(rerun[frame][0], theirs, f"re-run with keyframes, frame {frame}")
     for frame in range(1, 3):  # before the fix: the first run's masks, untouched
         assert np.array_equal(rerun[frame][0], ours[frame][0])
+    # With "Use all keyframes of the object" off: a fresh track from the fixed frame.
+    plain = {TARGET: "7", CONVERT: "false", KEYFRAMES: "false"}
+    result = browser("call", ACTION, 3, state["clientID"], plain)
+    assert result["error"] is None, result
+    fresh = masks_by_frame(browser("export"), height, width, group=1)
+    assert all(len(m) == 1 for m in fresh.values())
+    restarted = reference(model, folders[3], [fixed], 5)
+    for frame in range(4, 8):
+        assert_agrees(fresh[frame][0], restarted[frame - 3][0], f"re-run without, frame {frame}")
 
 
 def test_three_objects_at_once_one_a_polygon(open_job, model, folders):
@@ -335,7 +353,7 @@ def test_faults_as_the_user_meets_them(open_job, model, folders, fault):
     for frame in range(1, tracked_before_loss):
         assert_agrees(ours[frame][0], expected[frame][0], f"frame {frame}")
     if fault == "404 restarted":
-        restart = [c for c in relay.calls if c["frame"] == 2 and "shapes" in c]
+        restart = [c for c in relay.calls if c["frame"] == 2 and "states" not in c]
         assert len(restart) == 1, "the object starts again from its mask on frame 2"
         again = reference(model, folders[2], [ours[2][0]], 4)
         for frame in range(3, 6):

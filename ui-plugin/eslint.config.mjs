@@ -3,7 +3,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-    { ignores: ['build/', 'dist/', 'node_modules/', '*.mjs', 'test/browser/*.mjs'] },
+    { ignores: ['build/', 'dist/', 'node_modules/', '*.mjs', 'test/**/*.mjs'] },
     js.configs.recommended,
     ...tseslint.configs.strictTypeChecked,
     {

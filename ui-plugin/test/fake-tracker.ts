@@ -1,6 +1,7 @@
 // A tracker function behind CVAT's relay, for the plugin's logic tests: it keeps states by
 // token as ours does (a lost token: 404), counts steps in the state, and answers each
-// object's shape moved by one pixel to the right per step (masks: their box moves). Faults:
+// object's shape moved by one pixel to the right per step (masks: their box moves); a
+// whole shape sent with a state is a keyframe: the object is there from then on. Faults:
 // statuses to answer before anything is done (`failures`), objects to lose after a number
 // of steps (`loseAfter`, by the x of the shape they started from).
 
@@ -50,6 +51,11 @@ export class FakeTracker {
         const stored = refs.map((ref) => this.states.get(ref.sam2));
         if (stored.some((state) => state === undefined)) {
             return Promise.reject(new ServerError('404 Client Error: Not Found for url: http://nuclio', 404));
+        }
+        const sent = (body.shapes ?? []) as ({ type?: ShapeType; points?: number[] } | null)[];
+        if (sent.length && sent.every((shape) => shape?.points !== undefined)) {
+            stored.forEach((state, index) => { state!.points = [...sent[index]!.points!]; });
+            return Promise.resolve({ shapes: sent as TrackerResults['shapes'], states: refs });
         }
         const shapes = stored.map((state) => {
             const fake = state!;

@@ -7,7 +7,7 @@ import { describe, it } from 'node:test';
 import type { CVATCore, SerializedShape, SerializedTrack, ShapeType } from '../src/ts/cvat-core';
 import { maskIoU } from '../src/ts/masks';
 import { installPlugin, versionAtLeast } from '../src/ts/plugin';
-import { CONVERT_TO_TRACKS, TARGET_FRAME } from '../src/ts/tracker-action';
+import { ALL_KEYFRAMES, CONVERT_TO_TRACKS, TARGET_FRAME } from '../src/ts/tracker-action';
 import { StandInCore, StandInJob } from './core-standin';
 import { FakeTracker } from './fake-tracker';
 
@@ -126,9 +126,10 @@ describe('tracking a mask', () => {
             [2, 'manual', 1, 30], [3, 'auto', 1, 31], [4, 'auto', 1, 32], [5, 'auto', 1, 33], [6, 'auto', 1, 34],
         ]);
         assert.equal(job.commits, 1); // one undoable change
-        assert.deepEqual(fake.bodies.map((b) => [b.frame, 'shapes' in b, 'states' in b, b.job, b.task]), [
-            [2, true, false, 7, 3], [3, false, true, 7, 3], [4, false, true, 7, 3], [5, false, true, 7, 3],
-            [6, false, true, 7, 3],
+        // Frame numbers travel in the shapes: the start shape's, then {frame} with each state.
+        assert.deepEqual(fake.bodies.map((b) => [b.frame, b.shapes, 'states' in b, b.job, b.task]), [
+            [2, [{ type: 'mask', points: mask(2, 30).points, frame: 2 }], false, 7, 3],
+            ...[3, 4, 5, 6].map((f) => [f, [{ type: 'mask', frame: f }], true, 7, 3]),
         ]);
     });
 
@@ -184,6 +185,38 @@ describe('tracking a mask', () => {
         await core.actions.call(job, action, { [TARGET_FRAME]: '5' }, 0, job.statesOn(0)[0].clientID!);
         assert.deepEqual((await shapesOf(job)).map((m) => m.frame), [0, 1, 2]);
         assert.deepEqual(fake.bodies.slice(6).map((b) => b.frame), [0, 1, 2, 3]);
+    });
+});
+
+describe("the object's other keyframes", () => {
+    it("a person's shapes of the object condition it: sent first, the start frame's last", async () => {
+        const { fake, core, job, action } = await setup({
+            shapes: [mask(4, 30, { group: 5 }), mask(0, 10, { group: 5 }), mask(9, 70, { group: 5 })],
+        });
+        const start = job.statesOn(4)[0].clientID!;
+        await core.actions.call(job, action, { [TARGET_FRAME]: '6' }, 4, start);
+        const plan = fake.bodies.map((b) => [b.frame,
+            (b.shapes as { points?: number[] }[]).map((s) => (s.points ? 'mask' : 'frame')), 'states' in b]);
+        assert.deepEqual(plan, [
+            [0, ['mask'], false], // the object starts on its first keyframe ...
+            [9, ['mask'], true], // ... gets the others in frame order ...
+            [4, ['mask'], true], // ... and last the one the run starts from
+            [5, ['frame'], true], [6, ['frame'], true],
+        ]);
+        assert.deepEqual((await shapesOf(job)).map((m) => [m.frame, m.source, boxX(m)]), [
+            [0, 'manual', 10], [4, 'manual', 30], [5, 'auto', 31], [6, 'auto', 32], [9, 'manual', 70],
+        ]);
+    });
+
+    it('turned off: a fresh track from the current frame, without frame numbers', async () => {
+        const { fake, core, job, action } = await setup({
+            shapes: [mask(4, 30, { group: 5 }), mask(0, 10, { group: 5 })],
+        });
+        await core.actions.call(job, action, { [TARGET_FRAME]: '6', [ALL_KEYFRAMES]: 'false' }, 4,
+            job.statesOn(4)[0].clientID!);
+        assert.deepEqual(fake.bodies.map((b) => [b.frame, b.shapes ?? null, 'states' in b]), [
+            [4, [{ type: 'mask', points: mask(4, 30).points }], false], [5, null, true], [6, null, true],
+        ]);
     });
 });
 
@@ -250,7 +283,7 @@ describe('failures', () => {
             return original(taskID, model, body);
         };
         await core.actions.run(job, action, { [TARGET_FRAME]: '4' }, 0);
-        const restart = fake.bodies.find((b) => b.frame === 2 && Array.isArray(b.shapes));
+        const restart = fake.bodies.find((b) => b.frame === 2 && !('states' in b));
         assert.ok(restart, 'a start call on the last tracked frame');
         assert.deepEqual((restart.shapes as { points: number[] }[]).map((s) => s.points.at(-4)), [52]);
         assert.deepEqual((await shapesOf(job)).map((m) => [m.frame, boxX(m)]), [

@@ -42,8 +42,9 @@ interface ShapeObject {
     key: number;
     type: ShapeType;
     template: SerializedShape;
-    /** Frames where a person's shape of this object lies (the run writes none there). */
-    peoplesFrames: Set<number>;
+    /** A person's shapes of this object on other frames, by frame: its keyframes (the run
+     * writes nothing there). */
+    peoplesShapes: Map<number, number[]>;
     /** Earlier auto output of this object, by frame: replaced where the run tracks. */
     autoByFrame: Map<number, SerializedShape[]>;
     written: Map<number, number[]>;
@@ -121,14 +122,20 @@ export class TrackingOutput {
         }
     }
 
-    /** What the run starts from: each object's shape on the start frame. */
-    public get startObjects(): StartObject[] {
+    /** What the run starts from: each object's shape on the start frame and, with
+     * ``withKeyframes``, a person's shapes of the object on other frames (shape objects
+     * only: CVAT does not tell a track's keyframes drawn by people from those a run wrote). */
+    public startObjects(withKeyframes: boolean): StartObject[] {
         return this.#objects.map((object) => ({
             key: object.key,
             shape: {
                 type: object.type,
                 points: object.kind === 'shape' ? object.template.points ?? [] : object.startPoints,
             },
+            keyframes: withKeyframes && object.kind === 'shape'
+                ? [...object.peoplesShapes].sort(([a], [b]) => a - b)
+                    .map(([frame, points]) => ({ frame, shape: { type: object.type, points } }))
+                : [],
         }));
     }
 
@@ -158,7 +165,7 @@ export class TrackingOutput {
                     }
                 });
                 object.written.forEach((points, frame) => {
-                    if (!object.peoplesFrames.has(frame)) {
+                    if (!object.peoplesShapes.has(frame)) {
                         created.shapes.push({
                             ...withoutIdentity(object.template),
                             frame,
@@ -199,12 +206,12 @@ export class TrackingOutput {
             && other.group === shape.group && other.type === shape.type
             && other.clientID !== shape.clientID);
         const autoByFrame = new Map<number, SerializedShape[]>();
-        const peoplesFrames = new Set<number>();
+        const peoplesShapes = new Map<number, number[]>();
         for (const other of same) {
             if (other.source === 'auto') {
                 autoByFrame.set(other.frame, [...(autoByFrame.get(other.frame) ?? []), other]);
-            } else {
-                peoplesFrames.add(other.frame);
+            } else if (other.frame !== shape.frame && other.points) {
+                peoplesShapes.set(other.frame, other.points);
             }
         }
         // On the start frame the person's shape stands; tracked shapes there are replaced.
@@ -218,7 +225,7 @@ export class TrackingOutput {
             key,
             type: shape.type,
             template: shape,
-            peoplesFrames,
+            peoplesShapes,
             autoByFrame,
             written: new Map(),
         };

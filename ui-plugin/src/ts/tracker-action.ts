@@ -11,6 +11,7 @@ import { type RunOptions, TrackingRun } from './tracking-run';
 
 export const TARGET_FRAME = 'Target frame';
 export const CONVERT_TO_TRACKS = 'Convert polygon shapes to tracks';
+export const ALL_KEYFRAMES = 'Use all keyframes of the object';
 /** What a tracker can follow from the annotation view (CVAT has no mask tracks). */
 export const TRACKABLE: ShapeType[] = ['mask', 'polygon', 'rectangle'];
 
@@ -48,6 +49,7 @@ export function trackerActionClass(Base: BaseCollectionActionClass) {
         #job: Job | null = null;
         #target = 0;
         #convert = false;
+        #allKeyframes = true;
 
         public constructor(options: TrackerActionOptions) {
             super();
@@ -63,6 +65,7 @@ export function trackerActionClass(Base: BaseCollectionActionClass) {
             this.#job = job;
             this.#target = Number(parameters[TARGET_FRAME]);
             this.#convert = String(parameters[CONVERT_TO_TRACKS]) === 'true';
+            this.#allKeyframes = String(parameters[ALL_KEYFRAMES] ?? 'true') !== 'false';
             return Promise.resolve();
         }
 
@@ -85,9 +88,9 @@ export function trackerActionClass(Base: BaseCollectionActionClass) {
                 startStates, { startFrame: current, convertShapesToTracks: this.#convert });
             const run = new TrackingRun(
                 (args) => this.#options.call(job.taskId, this.#options.model, { ...args, job: job.id }),
-                { functionName: this.#options.name, ...this.#options.run },
+                { functionName: this.#options.name, ...this.#options.run, frameNumbers: this.#allKeyframes },
             );
-            const summary = await run.run(current, frames, output.startObjects, {
+            const summary = await run.run(current, frames, output.startObjects(this.#allKeyframes), {
                 cancelled: input.cancelled,
                 onProgress: input.onProgress,
                 onFrame: (frame, answers) => { output.record(frame, answers); },
@@ -129,6 +132,13 @@ export function trackerActionClass(Base: BaseCollectionActionClass) {
                     type: 'checkbox',
                     values: ['true', 'false'],
                     defaultValue: 'false',
+                },
+                // Every shape a person drew of the object conditions it, as SAM 2's keyframes
+                // do (frame numbers go to the function); off: a fresh track from this frame.
+                [ALL_KEYFRAMES]: {
+                    type: 'checkbox',
+                    values: ['true', 'false'],
+                    defaultValue: 'true',
                 },
             };
         }

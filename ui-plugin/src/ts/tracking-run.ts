@@ -10,18 +10,26 @@ export interface TrackerShape {
     points: number[];
 }
 
+/** What a call sends per object in ``shapes``: a shape, and with frame numbers the call's
+ * frame (``{type, frame}`` without points, with a state, continues the object onto that
+ * frame; CVAT's relay checks every shape's type). */
+type SentShape = (TrackerShape & { frame?: number }) | { type: ShapeType; frame: number };
+
 /** One call through CVAT's relay: `shapes` starts objects on `frame`, `states` continues
- * them onto it (the relay fetches the frame and signs the states). */
+ * them onto it, both together add keyframes (the relay fetches the frame and signs the
+ * states; it passes shapes through as sent). */
 export type CallFunction = (args: {
     frame: number;
-    shapes?: TrackerShape[];
+    shapes?: SentShape[];
     states?: unknown[];
 }) => Promise<TrackerResults>;
 
-/** An object to track, from its shape on the start frame. */
+/** An object to track, from its shape on the start frame and its other keyframes. */
 export interface StartObject {
     key: number;
     shape: TrackerShape;
+    /** Other frames' shapes that condition it too (sent only with frame numbers). */
+    keyframes?: { frame: number; shape: TrackerShape }[];
 }
 
 /** What the function answered on one frame: points per object key, null where the object
@@ -36,6 +44,9 @@ export interface RunHooks {
 
 export interface RunOptions {
     functionName: string;
+    /** Send frame numbers (the function then tracks by them and takes keyframes); off:
+     * CVAT's plain protocol, each call the next frame of a fresh track. */
+    frameNumbers: boolean;
     /** Further tries of a call answered 503/504/502/408, with pauses doubling from backoffMs. */
     retries: number;
     backoffMs: number;
@@ -44,6 +55,7 @@ export interface RunOptions {
 }
 
 export const DEFAULT_RUN_OPTIONS: Omit<RunOptions, 'functionName'> = {
+    frameNumbers: false,
     retries: 4,
     backoffMs: 1000,
     sleep: (ms) => new Promise((resolve) => { setTimeout(resolve, ms); }),
@@ -86,16 +98,7 @@ export class TrackingRun {
         if (objects.length === 0 || frames.length === 0) {
             return summary;
         }
-        const started = await this.#withRetries(startFrame, () => this.#call({
-            frame: startFrame, shapes: objects.map((object) => object.shape),
-        }));
-        let live: LiveObject[] = objects.map((object, index) => ({
-            key: object.key,
-            type: object.shape.type,
-            state: started.states[index],
-            lastFrame: startFrame,
-            lastPoints: object.shape.points,
-        }));
+        let live = await this.#keyframes(startFrame, objects);
         const began = this.#options.now();
         for (const [index, frame] of frames.entries()) {
             if (hooks.cancelled()) {
@@ -124,6 +127,56 @@ export class TrackingRun {
         return summary;
     }
 
+    /** Every object started, on its keyframes (first the other frames', in frame order,
+     * then the start frame's: the function starts a run on the keyframe added last). */
+    async #keyframes(startFrame: number, objects: StartObject[]): Promise<LiveObject[]> {
+        const numbered = this.#options.frameNumbers;
+        const states = new Map<number, unknown>();
+        const keyed = (frame: number, entries: { key: number; shape: TrackerShape }[]) => (
+            this.#keyframeCalls(frame, entries, states));
+        if (numbered) {
+            const frames = [...new Set(objects.flatMap((o) => (o.keyframes ?? []).map((k) => k.frame)))]
+                .filter((frame) => frame !== startFrame).sort((a, b) => a - b);
+            for (const frame of frames) {
+                await keyed(frame, objects.flatMap((object) => (object.keyframes ?? [])
+                    .filter((k) => k.frame === frame).map((k) => ({ key: object.key, shape: k.shape }))));
+            }
+        }
+        await keyed(startFrame, objects.map((object) => ({ key: object.key, shape: object.shape })));
+        return objects.map((object) => ({
+            key: object.key,
+            type: object.shape.type,
+            state: states.get(object.key),
+            lastFrame: startFrame,
+            lastPoints: object.shape.points,
+        }));
+    }
+
+    /** On ``frame``: objects without a state start there, the others get a keyframe (two
+     * calls: CVAT's relay takes states for all of a call's objects or for none). */
+    async #keyframeCalls(
+        frame: number, entries: { key: number; shape: TrackerShape }[], states: Map<number, unknown>,
+    ): Promise<void> {
+        const sent = (shape: TrackerShape): SentShape => (
+            this.#options.frameNumbers ? { ...shape, frame } : shape);
+        const fresh = entries.filter((entry) => !states.has(entry.key));
+        const known = entries.filter((entry) => states.has(entry.key));
+        if (fresh.length) {
+            const result = await this.#withRetries(frame, () => this.#call({
+                frame, shapes: fresh.map((entry) => sent(entry.shape)),
+            }));
+            fresh.forEach((entry, index) => states.set(entry.key, result.states[index]));
+        }
+        if (known.length) {
+            const result = await this.#withRetries(frame, () => this.#call({
+                frame,
+                shapes: known.map((entry) => sent(entry.shape)),
+                states: known.map((entry) => states.get(entry.key)),
+            }));
+            known.forEach((entry, index) => states.set(entry.key, result.states[index]));
+        }
+    }
+
     #progress(done: number, total: number, objects: number, began: number): string {
         const seconds = (this.#options.now() - began) / 1000;
         const rate = done > 0 && seconds > 0 ? `, ${(done / seconds).toFixed(2)} frames/s` : '';
@@ -150,10 +203,10 @@ export class TrackingRun {
                 if (!LOST_STATE.has(statusOf(error) ?? 0)) {
                     throw this.#failure(frame, error);
                 }
-                const restarted = await this.#withRetries(object.lastFrame, () => this.#call({
-                    frame: object.lastFrame, shapes: [{ type: object.type, points: object.lastPoints }],
-                }));
-                [object.state] = restarted.states;
+                const restart = new Map<number, unknown>();
+                await this.#keyframeCalls(object.lastFrame,
+                    [{ key: object.key, shape: { type: object.type, points: object.lastPoints } }], restart);
+                object.state = restart.get(object.key);
                 summary.restarted += 1;
                 try {
                     result = await this.#continue(frame, [object]);
@@ -167,8 +220,10 @@ export class TrackingRun {
     }
 
     async #continue(frame: number, objects: LiveObject[]): Promise<TrackerResults> {
+        const numbers = this.#options.frameNumbers
+            ? { shapes: objects.map((object) => ({ type: object.type, frame })) } : {};
         return this.#withRetries(frame, () => this.#call({
-            frame, states: objects.map((object) => object.state),
+            frame, states: objects.map((object) => object.state), ...numbers,
         }), true);
     }
 

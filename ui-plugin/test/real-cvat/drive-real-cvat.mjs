@@ -6,8 +6,8 @@
 // It needs nothing from CVAT but its URL; it reads nothing back (check the job's annotations
 // through CVAT's REST API afterwards). One JSON line on stdout says what happened.
 //
-//   node test/real-cvat/drive-real-cvat.mjs --url http://localhost:8080 --user USER \
-//     --password PASS --job 12 [--frame 0] [--object 1|all] [--target 10] [--convert] \
+//   cd ui-plugin && node test/real-cvat/drive-real-cvat.mjs --url http://localhost:8080 --user USER \
+//     --password PASS --job 12 [--frame 0] [--object id:N|1|all] [--target 10] [--convert] \
 //     [--action "Segment Anything 2.1 Tracker"] [--screenshots DIR] [--timeout 900]
 //
 //   --frame    the frame to open (the run starts there; default: the job's first)

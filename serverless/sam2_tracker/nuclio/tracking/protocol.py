@@ -8,9 +8,10 @@ expects bare arrays back.
 
 Frame numbers (docs/protocol.md, "Frame numbers and keyframes"): a shape may carry
 ``"frame"``, the number of this call's frame (CVAT's relay passes shapes through as
-sent). With a state, ``{"frame": n}`` continues the object onto frame n, and a whole
-shape with its frame adds a keyframe there. Callers that send none get what they always
-got: a state with a shape continues, and the shape is not read.
+sent, once it has checked their ``type``). With a state, ``{"type", "frame": n}``
+continues the object onto frame n, and a whole shape (with ``points``) and its frame adds
+a keyframe there. Callers that send none get what they always got: a state with a shape
+continues, and the shape is not read.
 """
 
 from __future__ import annotations
@@ -117,13 +118,13 @@ def parse_frame(shape: object, index: int) -> int | None:
 
 
 def parse_continued(state: object, shape: object, index: int) -> TrackedObject:
-    """An object with a state: continued, or given a keyframe when its shape is whole and
-    names its frame."""
+    """An object with a state: continued, or given a keyframe when its shape has points
+    and names its frame."""
     ref = parse_state_ref(state, index)
     frame = parse_frame(shape, index)
     if frame is None:
         return ContinuedObject(ref)
-    if isinstance(shape, dict) and "type" in shape:
+    if isinstance(shape, dict) and "points" in shape:
         new = parse_shape(shape, index)
         return KeyframedObject(ref, new.shape_type, new.points, frame)
     return ContinuedObject(ref, frame)
