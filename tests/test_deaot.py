@@ -466,3 +466,32 @@ def test_malformed_stored_states_are_refused_not_tracked(deaot_network):
         with pytest.raises(StateFormatError):
             codec.decode(bad_parts)
             pytest.fail(f"a state with {what} was decoded")
+
+
+def test_a_keyframe_on_a_deaot_object_is_a_clear_400_and_frame_numbers_are_taken(deaot_network):
+    """DeAOT keeps SAM-Track's rule (the reference is the frame an object started on): a
+    shape with its frame sent with a state is refused, naming what to do; frame numbers on
+    starts and continuations are accepted (DeAOT's memory does not encode time)."""
+    from model_handler import ModelHandler
+    from tracking.protocol import RequestError
+
+    tracker = DeaotTracker(deaot_network, "deaott", 9999, 4)
+    handler = ModelHandler(tracker, InMemoryStateStore(codec=tracker.codec))
+    sequence = davis_sequence("dog")
+    frames = [png_b64(read_frame(p)) for p in frame_paths(sequence)[:3]]
+    mask = {"type": "mask", "points": encode_shape("mask", read_mask(sequence)), "frame": 0}
+    started = handler.infer({"image": frames[0], "shapes": [mask], "states": []})
+    moved = handler.infer(
+        {"image": frames[1], "shapes": [{"type": "mask", "frame": 1}], "states": started["states"]}
+    )
+    assert moved["shapes"][0] is not None
+    with pytest.raises(RequestError) as raised:
+        handler.infer(
+            {"image": frames[2], "shapes": [{**mask, "frame": 2}], "states": moved["states"]}
+        )
+    assert raised.value.status == 400
+    assert "DeAOT takes no keyframes" in raised.value.message
+    # Nothing changed: the object goes on from frame 1.
+    assert handler.infer({"image": frames[2], "shapes": [None], "states": moved["states"]})[
+        "shapes"
+    ]
