@@ -208,6 +208,20 @@ describe("the object's other keyframes", () => {
         ]);
     });
 
+    it('a function that refuses keyframes (DeAOT, 400) stops the run with what to do', async () => {
+        const { fake, core, job, action } = await setup({
+            shapes: [mask(4, 30, { group: 5 }), mask(0, 10, { group: 5 })],
+        });
+        const original = fake.call;
+        fake.call = (taskID, model, body) => (Array.isArray(body.states) && Array.isArray(body.shapes)
+            && (body.shapes as { points?: number[] }[])[0].points
+            ? Promise.reject(Object.assign(new Error('400 Client Error'), { code: 400 }))
+            : original(taskID, model, body));
+        await assert.rejects(core.actions.call(job, action, { [TARGET_FRAME]: '6' }, 4,
+            job.statesOn(4)[0].clientID!), /refused a keyframe on frame 4 .*turn off "Use all keyframes/);
+        assert.equal(job.commits, 0);
+    });
+
     it('turned off: a fresh track from the current frame, without frame numbers', async () => {
         const { fake, core, job, action } = await setup({
             shapes: [mask(4, 30, { group: 5 }), mask(0, 10, { group: 5 })],

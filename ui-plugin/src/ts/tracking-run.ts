@@ -172,6 +172,13 @@ export class TrackingRun {
                 frame,
                 shapes: known.map((entry) => sent(entry.shape)),
                 states: known.map((entry) => states.get(entry.key)),
+            }).catch((error: unknown) => {
+                if (statusOf(error) === 400) {
+                    throw new TrackingError(`Tracking stopped: ${this.#options.functionName} refused `
+                        + `a keyframe on frame ${frame} (400): it may take no keyframes (DeAOT does `
+                        + 'not): turn off "Use all keyframes of the object". Nothing was changed.');
+                }
+                throw error;
             }));
             known.forEach((entry, index) => states.set(entry.key, result.states[index]));
         }
