@@ -19,6 +19,7 @@ from test_http_tracking import redis_bytes
 from tracker_state import InMemoryStateStore
 from tracking.engine import CallNotServed, MaskPrompt, Sam2StreamTracker
 from tracking.frames import preprocess_frame
+from tracking.model_loading import ModelSettings, ModelSetupError
 
 SEQUENCE = "dog"
 IMAGE_SIZE = 256
@@ -157,6 +158,30 @@ def test_three_objects_with_different_keyframes_in_one_call(model, folder):
     )
     for frame in range(1, 10):
         assert_equal_logits(stream.track(frame), expected[frame], frame)
+
+
+def test_only_the_closest_keyframes_condition_a_frame_when_capped(model, folder):
+    """SAM2_MAX_COND_FRAMES=2: keyframes 0 and 15, a run started on 8 (added last), tracked
+    9..12: the official predictor with the same cap; and the cap changes the result."""
+    sequence = davis_sequence(SEQUENCE)
+    masks = {frame: ground_truth(sequence, frame) for frame in (0, 15, 8)}
+    uncapped = official(model, folder, [masks], start=8, reverse=False)
+    previous = model.max_cond_frames_in_attn
+    model.max_cond_frames_in_attn = 2
+    try:
+        stream = Stream(model)
+        for frame, mask in masks.items():
+            stream.keyframe(frame, {0: mask})
+        expected = official(model, folder, [masks], start=8, reverse=False)
+        for frame in range(9, 13):
+            assert_equal_logits(stream.track(frame), expected[frame], frame)
+    finally:
+        model.max_cond_frames_in_attn = previous
+    assert not torch.equal(uncapped[12], expected[12])
+    settings = ModelSettings.from_env({"SAM2_MAX_COND_FRAMES": "3"})
+    assert settings.max_cond_frames == 3
+    with pytest.raises(ModelSetupError, match="must be a whole number >= 2"):
+        ModelSettings.from_env({"SAM2_MAX_COND_FRAMES": "1"})
 
 
 def test_frame_numbers_are_checked(model):

@@ -8,7 +8,7 @@
 //
 //   cd ui-plugin && node test/real-cvat/drive-real-cvat.mjs --url http://localhost:8080 --user USER \
 //     --password PASS --job 12 [--frame 0] [--object id:N|1|all] [--target 10] [--convert] \
-//     [--action "Segment Anything 2.1 Tracker"] [--screenshots DIR] [--timeout 900]
+//     [--keyframes on|off] [--action "Segment Anything 2.1 Tracker"] [--screenshots DIR] [--timeout 900]
 //
 //   --frame    the frame to open (the run starts there; default: the job's first)
 //   --object   which object to run on: "id:N" (the object of server id N: the job opens on the
@@ -17,6 +17,7 @@
 //              or "all" (no object activated: every object on the frame, CVAT's filters applied)
 //   --target   the action's "Target frame" (default: the action's own, the job's last frame)
 //   --convert  turn "Convert polygon shapes to tracks" on
+//   --keyframes  set "Use all keyframes of the object" on or off (default: the action's own)
 //   --screenshots DIR   writes DIR/action-runner.png (the runner's dialog, parameters set) and
 //              DIR/result.png (the target frame after the run and the save, its first object
 //              activated)
@@ -37,6 +38,7 @@ const { values: options } = parseArgs({
         object: { type: 'string', default: '1' },
         target: { type: 'string' },
         convert: { type: 'boolean', default: false },
+        keyframes: { type: 'string' },
         action: { type: 'string', default: 'Segment Anything 2.1 Tracker' },
         screenshots: { type: 'string' },
         timeout: { type: 'string', default: '900' },
@@ -47,6 +49,10 @@ for (const required of ['url', 'user', 'password', 'job']) {
         process.stderr.write(`--${required} is required (see the header of ${process.argv[1]})\n`);
         process.exit(2);
     }
+}
+if (options.keyframes !== undefined && !['on', 'off'].includes(options.keyframes)) {
+    process.stderr.write('--keyframes takes on or off\n');
+    process.exit(2);
 }
 const base = options.url.replace(/\/+$/, '');
 const timeoutMs = Number(options.timeout) * 1000;
@@ -160,9 +166,11 @@ async function setParameters(page) {
             await number.type(options.target);
             await page.keyboard.press('Tab');
         }
-        if (toggle && /convert/i.test(name)) {
+        const wanted = /convert/i.test(name) ? options.convert
+            : /keyframes/i.test(name) && options.keyframes !== undefined ? options.keyframes === 'on' : undefined;
+        if (toggle && wanted !== undefined) {
             const checked = await toggle.evaluate((node) => node.getAttribute('aria-checked') === 'true');
-            if (checked !== options.convert) {
+            if (checked !== wanted) {
                 await toggle.click();
             }
         }

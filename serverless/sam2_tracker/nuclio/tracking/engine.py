@@ -182,8 +182,12 @@ class Sam2StreamTracker:
             f"SAM 2 tracker ready: model {self.model_id} (input {self.image_size}px) "
             f"on {self.device}, {precision}, "
             f"{'compiled' if self.compiled else 'not compiled'}, "
-            f"up to {self.max_batch} objects per pass"
+            f"up to {self.max_batch} objects per pass, keyframes: {self._keyframes_read()}"
         )
+
+    def _keyframes_read(self) -> str:
+        count = self.model.max_cond_frames_in_attn
+        return "all condition each frame" if count < 0 else f"the {count} closest condition a frame"
 
     # -- image -----------------------------------------------------------------
 

@@ -64,6 +64,16 @@ class ModelSetupError(RuntimeError):
     """The model cannot be set up as configured (message says what to change)."""
 
 
+def max_cond_frames(value: str | None) -> int | None:
+    """``SAM2_MAX_COND_FRAMES``: at least 2 (SAM 2 keeps the closest keyframe before and
+    the closest after the frame), or unset."""
+    if value is None or not value.strip():
+        return None
+    if not value.strip().isdigit() or int(value) < 2:
+        raise ModelSetupError(f"SAM2_MAX_COND_FRAMES={value!r} must be a whole number >= 2")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """What to load. ``hydra_overrides`` lets tests shrink the input size."""
@@ -77,6 +87,9 @@ class ModelSettings:
     precision: str | None = None
     # Objects per forward pass; None: the tracker's per-device default.
     object_batch: int | None = None
+    # Keyframes that condition a frame: the N closest (SAM 2's max_cond_frames_in_attn);
+    # None: the model's own setting (all, in SAM 2.1's configs).
+    max_cond_frames: int | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> ModelSettings:
@@ -89,6 +102,7 @@ class ModelSettings:
             compile=_flag(env.get("SAM2_COMPILE")),
             precision=env.get("SAM2_PRECISION") or None,
             object_batch=int(env["SAM2_OBJECT_BATCH"]) if env.get("SAM2_OBJECT_BATCH") else None,
+            max_cond_frames=max_cond_frames(env.get("SAM2_MAX_COND_FRAMES")),
         )
 
     def resolved_device(self) -> torch.device:
@@ -248,6 +262,8 @@ def build_tracker(
 ) -> Sam2StreamTracker:
     """The tracker over ``model`` with the settings' precision and objects per pass; a
     compiled model is warmed up here, so no call waits for a compilation."""
+    if settings.max_cond_frames is not None:
+        model.max_cond_frames_in_attn = settings.max_cond_frames
     tracker = Sam2StreamTracker(
         model,
         settings.model_id(model.image_size),
