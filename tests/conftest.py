@@ -276,6 +276,20 @@ def png_claiming_size(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def counted_encoder(tracker) -> dict[str, int]:
+    """Counts the tracker's image encoder runs (``runs["encode_frame"]``): a check that an
+    answer came before any model work."""
+    runs = {"encode_frame": 0}
+    encode = tracker.encode_frame
+
+    def counting_encode(*args, **kwargs):
+        runs["encode_frame"] += 1
+        return encode(*args, **kwargs)
+
+    tracker.encode_frame = counting_encode
+    return runs
+
+
 def track_frames(tracker, paths, prompts, store=None):
     """Drive a Sam2StreamTracker over frame files as the handler does, yielding per frame
     (logits (objects, 1, H, W) at the frame's size, states). With a ``store`` every state

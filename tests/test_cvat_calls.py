@@ -23,6 +23,7 @@ from conftest import (
     REPO,
     SMALL_IMAGE_SIZE,
     build_model,
+    counted_encoder,
     davis_sequence,
     frame_paths,
     ground_truth,
@@ -259,14 +260,7 @@ def workers(small_model, own_redis):
     one Redis through the function's own client settings; image encoder runs counted."""
     settings = ModelSettings(device="cpu")
     tracker = build_tracker(small_model, settings)
-    runs = {"encode_frame": 0}
-    encode = tracker.encode_frame
-
-    def counting_encode(*args, **kwargs):
-        runs["encode_frame"] += 1
-        return encode(*args, **kwargs)
-
-    tracker.encode_frame = counting_encode
+    runs = counted_encoder(tracker)
     handlers = [
         ModelHandler(
             tracker,

@@ -15,6 +15,7 @@ import redis
 import torch
 from conftest import (
     SMALL_IMAGE_SIZE,
+    counted_encoder,
     davis_sequence,
     frame_folder,
     frame_paths,
@@ -129,15 +130,15 @@ def test_a_default_cvat_install_tracks_three_objects_as_the_official_predictor(
 def counted_tracker(small_model):
     """The SAM 2 tracker at 512 with its image encoder runs counted."""
     tracker = build_tracker(small_model, ModelSettings(device="cpu"))
-    runs = {"encode_frame": 0}
-    encode = tracker.encode_frame
+    return tracker, counted_encoder(tracker)
 
-    def counting_encode(*args, **kwargs):
-        runs["encode_frame"] += 1
-        return encode(*args, **kwargs)
 
-    tracker.encode_frame = counting_encode
-    return tracker, runs
+def first_frames(count: int) -> tuple[list[str], dict]:
+    """The sequence's first ``count`` frames (base64) and a call starting its object."""
+    sequence = davis_sequence(SEQUENCE)
+    frames = [b64(p) for p in frame_paths(sequence)[:count]]
+    shape = {"type": "mask", "points": encode_mask(ground_truth(sequence))}
+    return frames, {"image": frames[0], "shapes": [shape], "states": []}
 
 
 def handler_on(tracker, port: int, password: str | None = None) -> ModelHandler:
@@ -154,13 +155,7 @@ def test_a_store_that_fails_is_a_503_within_a_second_before_any_model_work(
     own_redis, counted_tracker, fault
 ):
     tracker, runs = counted_tracker
-    sequence = davis_sequence(SEQUENCE)
-    frames = [b64(p) for p in frame_paths(sequence)[:2]]
-    start = {
-        "image": frames[0],
-        "shapes": [{"type": "mask", "points": encode_mask(ground_truth(sequence))}],
-        "states": [],
-    }
+    frames, start = first_frames(2)
     standin = KvrocksStandIn(own_redis.port, PASSWORD)
     try:
         states = handler_on(tracker, standin.port, PASSWORD).infer(start)["states"]
@@ -233,13 +228,7 @@ def test_a_call_whose_commit_drops_answers_as_an_undisturbed_one(own_redis, coun
     """Over the handler: a dropped commit (twice) is a 503, never a 409, and the retry
     answers what an undisturbed worker answers; a lost EXEC reply is answered at once."""
     tracker, _ = counted_tracker
-    sequence = davis_sequence(SEQUENCE)
-    frames = [b64(p) for p in frame_paths(sequence)[:4]]
-    start = {
-        "image": frames[0],
-        "shapes": [{"type": "mask", "points": encode_mask(ground_truth(sequence))}],
-        "states": [],
-    }
+    frames, start = first_frames(4)
     undisturbed = ModelHandler(tracker, InMemoryStateStore(codec=tracker.codec))
     standin = KvrocksStandIn(own_redis.port)
     try:
