@@ -36,9 +36,16 @@ def folder(tmp_path_factory):
     return frame_folder(davis_sequence(SEQUENCE), NUM_FRAMES, tmp_path_factory.mktemp("frames"))
 
 
-def official(model, folder, keyframes: list[dict[int, np.ndarray]], start: int, reverse: bool):
+def official(
+    model,
+    folder,
+    keyframes: list[dict[int, np.ndarray]],
+    start: int,
+    reverse: bool,
+    frames: int | None = None,
+):
     """Logits (objects, 1, H, W) per frame: each object's keyframes added with add_new_mask
-    in the order given, then one propagation from ``start``."""
+    in the order given, then one propagation from ``start`` (``frames`` beyond it at most)."""
     state = model.init_state(str(folder))
     for obj_id, masks in enumerate(keyframes):
         for frame, mask in masks.items():
@@ -46,7 +53,7 @@ def official(model, folder, keyframes: list[dict[int, np.ndarray]], start: int, 
     return {
         index: logits.clone()
         for index, _, logits in model.propagate_in_video(
-            state, start_frame_idx=start, reverse=reverse
+            state, start_frame_idx=start, reverse=reverse, max_frame_num_to_track=frames
         )
     }
 
@@ -154,7 +161,12 @@ def test_three_objects_with_different_keyframes_in_one_call(model, folder):
     stream.keyframe(6, {0: a6})
     stream.keyframe(0, {0: gt, 1: patch, 2: left})
     expected = official(
-        model, folder, [{6: a6, 0: gt}, {0: patch}, {4: c4, 0: left}], start=0, reverse=False
+        model,
+        folder,
+        [{6: a6, 0: gt}, {0: patch}, {4: c4, 0: left}],
+        start=0,
+        reverse=False,
+        frames=9,
     )
     for frame in range(1, 10):
         assert_equal_logits(stream.track(frame), expected[frame], frame)
@@ -165,14 +177,14 @@ def test_only_the_closest_keyframes_condition_a_frame_when_capped(model, folder)
     9..12: the official predictor with the same cap; and the cap changes the result."""
     sequence = davis_sequence(SEQUENCE)
     masks = {frame: ground_truth(sequence, frame) for frame in (0, 15, 8)}
-    uncapped = official(model, folder, [masks], start=8, reverse=False)
+    uncapped = official(model, folder, [masks], start=8, reverse=False, frames=4)
     previous = model.max_cond_frames_in_attn
     model.max_cond_frames_in_attn = 2
     try:
         stream = Stream(model)
         for frame, mask in masks.items():
             stream.keyframe(frame, {0: mask})
-        expected = official(model, folder, [masks], start=8, reverse=False)
+        expected = official(model, folder, [masks], start=8, reverse=False, frames=4)
         for frame in range(9, 13):
             assert_equal_logits(stream.track(frame), expected[frame], frame)
     finally:
