@@ -22,11 +22,8 @@ browser page (``/``), its script and the plugin's script, and records every call
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -34,7 +31,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-SIGNATURE_MAX_AGE = 8 * 3600
+from bench.cvat_signing import StateSigner
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>plugin test page</title>
@@ -56,7 +53,7 @@ class LambdaRelay:
     page_script: Path
     plugin_script: Path
     redis_client: object = None
-    secret: bytes = field(default_factory=lambda: hashlib.sha256(b"relay").digest())
+    signer: StateSigner = field(default_factory=StateSigner)
     calls: list[dict] = field(default_factory=list)
     fail_next: list[int] = field(default_factory=list)
     expire_on_call: int | None = None  # the n-th call (1-based) finds every state expired
@@ -64,22 +61,11 @@ class LambdaRelay:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
 
-    # -- CVAT's state signing (a signed, timestamped JSON value) ------------------------
-
     def sign(self, state: object) -> str:
-        payload = base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
-        stamp = str(int(time.time()))
-        mac = hmac.new(self.secret, f"{payload}:{stamp}".encode(), hashlib.sha256).hexdigest()
-        return f"{payload}:{stamp}:{mac}"
+        return self.signer.sign(state)
 
     def unsign(self, signed: object) -> object:
-        if not isinstance(signed, str) or signed.count(":") != 2:
-            raise ValueError("not a signed state")
-        payload, stamp, mac = signed.split(":")
-        expected = hmac.new(self.secret, f"{payload}:{stamp}".encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(mac, expected) or time.time() - int(stamp) > SIGNATURE_MAX_AGE:
-            raise ValueError("bad signature")
-        return json.loads(base64.urlsafe_b64decode(payload))
+        return self.signer.unsign(signed)
 
     # -- the tracker call ----------------------------------------------------------------
 
