@@ -292,6 +292,7 @@ class Annotator:
     restarts: int = 0
     error: str | None = None
     states: list | None = None
+    last: dict | None = None  # the last shape answered (or drawn)
 
     def _note(self, what: str) -> None:
         self.statuses[what] = self.statuses.get(what, 0) + 1
@@ -321,31 +322,37 @@ class Annotator:
 
     def run(self, url: str) -> None:
         try:
-            shape = {"type": "mask", "points": encode_shape("mask", self.mask)}
-            answer = self._call(url, {"task": self.task, "frame": 0, "shapes": [shape]})
-            states, last = answer["states"], shape
+            self.last = {"type": "mask", "points": encode_shape("mask", self.mask)}
+            answer = self._call(url, {"task": self.task, "frame": 0, "shapes": [self.last]})
+            self.states = answer["states"]
             for frame in range(1, self.frames):
-                try:
-                    answer = self._call(url, {"task": self.task, "frame": frame, "states": states})
-                except urllib.error.HTTPError:  # lost (evicted): start again from the last shape
-                    self.restarts += 1
-                    restart = {"task": self.task, "frame": frame - 1, "shapes": [last]}
-                    states = self._call(url, restart)["states"]
-                    answer = self._call(url, {"task": self.task, "frame": frame, "states": states})
-                states = answer["states"]
-                self.answers[frame] = answer["shapes"][0]
-                last = answer["shapes"][0] or last
-            self.states = states
+                self._step(url, frame)
         except Exception as error:  # reported, never hidden
             self.error = f"{type(error).__name__}: {error}"
 
+    def _step(self, url: str, frame: int, restarts: int = 5) -> None:
+        """The object onto ``frame``; a lost state (404/410: expired, evicted) starts it
+        again from its last shape on the frame before, as the UI plugin does."""
+        for _ in range(restarts + 1):
+            try:
+                answer = self._call(url, {"task": self.task, "frame": frame, "states": self.states})
+                break
+            except urllib.error.HTTPError:
+                self.restarts += 1
+                restart = {"task": self.task, "frame": frame - 1, "shapes": [self.last]}
+                self.states = self._call(url, restart)["states"]
+        else:
+            raise RuntimeError(f"frame {frame}: the state was lost {restarts + 1} times")
+        self.states = answer["states"]
+        self.answers[frame] = answer["shapes"][0]
+        self.last = answer["shapes"][0] or self.last
+
     def finish(self, url: str) -> None:
         """One more frame from the final state, once the faults are over: the state was
-        kept intact."""
+        kept intact (or, evicted, starts again)."""
         if self.error is None:
             try:
-                body = {"task": self.task, "frame": self.frames, "states": self.states}
-                self.answers[self.frames] = self._call(url, body)["shapes"][0]
+                self._step(url, self.frames)
             except Exception as error:
                 self.error = f"final state: {type(error).__name__}: {error}"
 
