@@ -129,8 +129,9 @@ def summary(result: RunResult, written: str) -> str:
     plan = result.plan
     track_shapes = sum(len(t.shapes) for t in result.new_tracks)
     rate = result.frames_processed / result.seconds if result.seconds else 0.0
+    objects = f"{len(plan.objects)} object{'' if len(plan.objects) == 1 else 's'}"
     return (
-        f"tracked {len(plan.objects)} objects over {result.frames_processed} frames in "
+        f"tracked {objects} over {result.frames_processed} frames in "
         f"{result.seconds:.1f} s ({rate:.2f} frames/s)\n"
         f"{written}: {len(result.new_shapes)} mask shapes, {len(result.new_tracks)} tracks "
         f"({track_shapes} track shapes); replacing {len(plan.replaced_shapes)} earlier auto "

@@ -21,6 +21,8 @@ class ServerError(ValueError):
 
 def connect(server: str, auth: str) -> Client:
     """A logged-in client; ``auth`` is ``user:password`` or a personal access token."""
+    if "://" not in server:
+        raise ServerError(f"{server!r} has no scheme: give http://{server} or https://{server}")
     user, colon, password = auth.partition(":")
     try:
         if colon:
@@ -189,6 +191,8 @@ def open_job(
     except ApiException as error:
         if error.status == 404:
             raise ServerError(f"{name} was not found (or this user cannot see it)") from error
+        if error.status == 401:  # a token is only tried with the first request
+            raise ServerError(f"the server refused these credentials ({error.status})") from error
         raise ServerError(f"{name}: the server answered {error.status}") from error
     if meta.frame_filter:
         raise ServerError(f"{name} has the frame filter {meta.frame_filter!r}; not supported")

@@ -148,6 +148,7 @@ def test_token_task_frame_range_and_dry_run(cvat, present_checkpoint):
     ("args", "message"),
     [
         (["--auth", "annotator:wrong", "--job", "1"], "refused these credentials"),
+        (["--auth", "not-a-valid-token", "--job", "1"], "refused these credentials"),
         (["--auth", "annotator:secret-password", "--job", "9"], "job 9 was not found"),
         (["--auth", "annotator:secret-password", "--job", "2"], "no keyframes found"),
     ],
@@ -156,3 +157,19 @@ def test_clear_errors(cvat, present_checkpoint, args, message):
     _, url = cvat
     result = run_cli("--server", url, *args, checkpoint=present_checkpoint)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_a_url_without_a_scheme_is_named(cvat, present_checkpoint):
+    _, url = cvat
+    bare = url.removeprefix("http://")
+    result = run_cli(
+        "--server",
+        bare,
+        "--auth",
+        "annotator:secret-password",
+        "--job",
+        "1",
+        checkpoint=present_checkpoint,
+    )
+    assert result.returncode == 2
+    assert f"{bare!r} has no scheme: give http://{bare}" in result.stderr, result.stderr[-2000:]
