@@ -57,7 +57,7 @@ from tracking.random_weights import make_random_checkpoint
 from tracking.shapes import encode_shape
 
 from bench.cvat_signing import StateSigner
-from bench.run_benchmark import DAVIS, REPO, spread
+from bench.run_benchmark import DAVIS, REPO, report, spread
 
 SEQUENCES = ("car-shadow", "dog", "blackswan")
 
@@ -625,19 +625,16 @@ def main(argv: list[str] | None = None) -> Path:
             reference = run_once(undisturbed, env, work, faults=False)
         rows.append(compare(settings, run_once(settings, env, work, faults=True), reference))
         print_rows(rows[-1:])
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"fault-harness-{time.strftime('%Y%m%d-%H%M%S')}.json"
     machine = {
         "device": f"{platform.machine()} CPU, {os.cpu_count()} cores",
         "image_size": args.image_size,
         "torch_threads_per_replica": 1,
     }
-    path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    print()
-    print(f"machine: {machine}")
-    print_rows(rows)
-    print(f"wrote {path}")
-    return path
+    legend = (
+        "lost: tracks not finished; diff: answers unlike the undisturbed run's; p50-p99: "
+        "seconds from a call's first try to its answer; alone: the undisturbed run"
+    )
+    return report(machine, rows, legend, args.out / "fault-harness", print_rows)
 
 
 if __name__ == "__main__":
