@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import sys
+import time
+import warnings
 from pathlib import Path
 
 from tqdm import tqdm
 from tracking.model_loading import ModelSettings, ModelSetupError, build_tracker, load_sam2
 from tracking.shapes import ShapeError
-from tracking.video import DIRECTIONS, VideoError, open_frames
+from tracking.video import DIRECTIONS, VideoError, VideoFileFrames, open_frames
 
 from cvat_track.cvat_server import ServerError, connect, open_job
 from cvat_track.cvat_xml import CvatVideoXml, XmlError
-from cvat_track.run import RunError, RunResult, track_job
+from cvat_track.run import PreparedRun, RunError, RunResult, prepare_run, run_prepared
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -127,54 +130,105 @@ def model_settings(args: argparse.Namespace, env: dict[str, str]) -> ModelSettin
 
 def summary(result: RunResult, written: str) -> str:
     plan = result.plan
-    track_shapes = sum(len(t.shapes) for t in result.new_tracks)
+    track_shapes = sum(len(t.shapes) for t in [*result.new_tracks, *result.rewritten_tracks])
     rate = result.frames_processed / result.seconds if result.seconds else 0.0
     objects = f"{len(plan.objects)} object{'' if len(plan.objects) == 1 else 's'}"
     return (
         f"tracked {objects} over {result.frames_processed} frames in "
         f"{result.seconds:.1f} s ({rate:.2f} frames/s)\n"
-        f"{written}: {len(result.new_shapes)} mask shapes, {len(result.new_tracks)} tracks "
-        f"({track_shapes} track shapes); replacing {len(plan.replaced_shapes)} earlier auto "
-        f"shapes and {len(plan.replaced_tracks)} auto tracks; "
-        f"{len(plan.regrouped)} of people's shapes/tracks given a group id"
+        f"{written}: {len(result.new_shapes)} mask shapes, {len(result.new_tracks)} new "
+        f"tracks, {len(result.rewritten_tracks)} tracks with new keyframes ({track_shapes} "
+        f"track shapes); replacing {len(plan.replaced_shapes)} earlier output shapes and "
+        f"{len(plan.replaced_tracks)} output tracks; {len(plan.regrouped)} of people's "
+        "shapes/tracks given a group id"
     )
 
 
-def track_with_progress(tracker, frames, shapes, tracks, args, first_frame) -> RunResult:
+class Progress:
+    """Frames done out of the run's total: a bar on a terminal, a plain line about every
+    tenth of the run (and the last) otherwise, so logs hold no bar fragments."""
+
+    def __init__(self, total: int, objects: int, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.total, self.objects = total, objects
+        self.started = time.perf_counter()
+        self.bar = None
+        if self.stream.isatty():
+            self.bar = tqdm(total=total, desc="tracking", unit="frame", file=self.stream)
+            self.bar.set_postfix(objects=objects)
+        else:
+            self.print(0)
+
+    def print(self, done: int) -> None:
+        seconds = time.perf_counter() - self.started
+        rate = f", {done / seconds:.2f} frames/s" if done and seconds else ""
+        objects = f"{self.objects} object{'' if self.objects == 1 else 's'}"
+        print(
+            f"tracking: frame {done} of {self.total} ({objects}{rate})",
+            file=self.stream,
+            flush=True,
+        )
+
+    def __call__(self, done: int, total: int, objects: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        elif done == total or done % max(1, total // 10) == 0:
+            self.print(done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def filters(args: argparse.Namespace) -> tuple[set[str] | None, set[int] | None]:
     labels = {name.strip() for name in args.labels.split(",")} if args.labels else None
     groups = {int(g) for g in args.groups.split(",")} if args.groups else None
-    with tqdm(desc="tracking", unit="frame", dynamic_ncols=True) as bar:
+    return labels, groups
 
-        def on_frame(done: int, total: int, objects: int) -> None:
-            if bar.total != total:
-                bar.total = total
-                bar.set_postfix(objects=objects)
-            bar.update(done - bar.n)
 
-        return track_job(
-            tracker,
-            frames,
-            shapes,
-            tracks,
-            args.direction,
-            labels,
-            args.max_cond_frames,
-            first_frame,
-            on_frame,
-            groups,
-        )
+def track(args: argparse.Namespace, frames, run: PreparedRun) -> RunResult:
+    """Load the model (only now: everything that needs none was checked) and track."""
+    tracker = load_tracker(args)
+    progress = Progress(run.total, len(run.plan.objects))
+    try:
+        return run_prepared(tracker, frames, run, args.max_cond_frames, progress)
+    finally:
+        progress.close()
 
 
 def load_tracker(args: argparse.Namespace):
     env = dict(os.environ)
     settings = model_settings(args, env)
+    # SAM 2 warns on every process, in a paragraph inside the progress output, that its
+    # compiled extension is absent and hole filling is skipped; say it once, briefly.
+    warnings.filterwarnings("ignore", message="cannot import name '_C'", category=UserWarning)
+    if importlib.util.find_spec("sam2._C") is None:
+        print(NO_HOLE_FILLING, file=sys.stderr)
     return build_tracker(load_sam2(settings, env), settings)
+
+
+NO_HOLE_FILLING = (
+    "sam2-cvat-track: note: SAM 2's compiled extension (sam2._C) is not installed, so "
+    "its optional filling of tiny holes in masks is skipped, as Meta's predictor skips it "
+    "without the extension"
+)
+
+
+def frame_namer(frames, first_frame: int):
+    """Names for the ``<image>`` elements: the image files' names (as CVAT names the
+    frames of a task made of them), ``frame_000123`` for a video file (as CVAT names a
+    video's frames). CVAT's importer matches a frame by name, else by number."""
+    if isinstance(frames, VideoFileFrames):
+        return lambda frame: f"frame_{frame:06d}"
+    return lambda frame: frames.paths[frame - first_frame].name
 
 
 def from_files(args: argparse.Namespace) -> str:
     document = CvatVideoXml(args.annotations)
     shapes, tracks = document.read()
     frames = open_frames(args.frames)
+    if isinstance(frames, VideoFileFrames):
+        print(VIDEO_WARNING, file=sys.stderr)
     first_frame = document.start_frame() if args.first_frame is None else args.first_frame
     size = document.frame_size()
     image = frames.read(0)
@@ -183,12 +237,29 @@ def from_files(args: argparse.Namespace) -> str:
             f"the frames are {image.width}x{image.height} but the annotations are for "
             f"{size[1]}x{size[0]}"
         )
-    result = track_with_progress(load_tracker(args), frames, shapes, tracks, args, first_frame)
+    labels, groups = filters(args)
+    run = prepare_run(frames, shapes, tracks, args.direction, labels, groups, first_frame)
+    if document.is_job_export() and run.plan.regrouped:
+        print(JOB_GROUPS_NOTE, file=sys.stderr)
+    result = track(args, frames, run)
     if args.dry_run:
         return summary(result, "would write")
-    document.apply(result.plan, result.new_shapes, result.new_tracks)
+    document.apply(result, frame_namer(frames, first_frame))
     document.write(args.output)
     return summary(result, f"wrote {args.output}")
+
+
+VIDEO_WARNING = (
+    "sam2-cvat-track: note: frames decoded here from a video file can differ from the "
+    "frames CVAT serves for it (CVAT re-encodes videos), so the masks can differ from what "
+    "CVAT shows under them. For CVAT's own frames use --server, or export the task "
+    "with images and give --frames that folder."
+)
+JOB_GROUPS_NOTE = (
+    "sam2-cvat-track: note: this is a job export; new group ids are unique in this file "
+    "but another job of the task may use them too. Export the task, or use --server, "
+    "when the task has several jobs."
+)
 
 
 def from_server(args: argparse.Namespace) -> str:
@@ -201,12 +272,21 @@ def from_server(args: argparse.Namespace) -> str:
             f"{job.name}: frame {job.first_frame} is {image.width}x{image.height}, the task "
             f"says {job.frame_size[1]}x{job.frame_size[0]}"
         )
-    result = track_with_progress(
-        load_tracker(args), job.frames, shapes, tracks, args, job.first_frame
+    labels, groups = filters(args)
+    run = prepare_run(
+        job.frames,
+        shapes,
+        tracks,
+        args.direction,
+        labels,
+        groups,
+        job.first_frame,
+        used_groups=job.task_groups(),
     )
+    result = track(args, job.frames, run)
     if args.dry_run:
         return summary(result, f"would write to {job.name}")
-    job.write(result.plan, result.new_shapes, result.new_tracks)
+    job.write(result)
     return summary(result, f"wrote to {job.name}")
 
 

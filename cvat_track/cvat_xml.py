@@ -1,37 +1,45 @@
-"""CVAT for video 1.1 XML: read people's shapes, write tracked results back.
+"""CVAT 1.1 XML: read people's shapes, write tracked results back.
+
+Read: a CVAT for video 1.1 export (every annotation a ``<track>``; a track of one
+visible mask stands for a mask shape, as CVAT exports mask shapes), plus the ``<image>``
+elements this tool writes. Written: a file for CVAT's importer ("CVAT 1.1", which
+reads ``<track>`` and ``<image>`` elements alike; CVAT 2.73 ``formats/cvat.py``
+``load_anno``).
 
 The document is kept as parsed: people's tracks, other labels, attributes and the
-``<meta>`` block stay exactly as they were; the tool only sets ``group_id`` on people's
-tracks that had none, removes its own earlier output (``source="auto"`` tracks in an
-object's group) and appends its new tracks.
-
-In this format every annotation is a ``<track>``. A track of one visible mask stands for
-a mask shape (CVAT exports its mask shapes so and imports mask tracks as one shape):
-masks are written as one such track per frame. Masks are ``<mask rle="r0, r1, ..."
-left top width height>``: the API's runs without their box, ``width = right - left +
-1``.
+``<meta>`` block stay as they were. The tool sets ``group_id`` on people's items that
+had none, removes its own earlier output of the tracked objects, adds its keyframes to
+the objects' tracks, and writes masks as ``<image id="frame" name="..."><mask .../>
+</image>``: CVAT's importer turns a mask ``<track>`` into a shape of group 0 but keeps
+an ``<image>`` shape's ``group_id``, so masks stay with their object through an upload.
+People's masks of tracked objects move to that form too (their content unchanged).
+Masks are ``<mask rle="r0, r1, ..." left top width height>``: the API's runs without
+their box, ``width = right - left + 1``.
 """
 
 from __future__ import annotations
 
+import copy
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
-from cvat_track.objects import AUTO, Plan, Shape, Track
+from cvat_track.objects import AUTO, Shape, Track
+from cvat_track.run import RunResult
 
 ELEMENT_TYPES = {"box": "rectangle", "polygon": "polygon", "mask": "mask"}
 TYPE_ELEMENTS = {v: k for k, v in ELEMENT_TYPES.items()}
 
 
 class XmlError(ValueError):
-    """The XML is not CVAT for video 1.1 annotations this tool can read."""
+    """The XML is not CVAT 1.1 annotations this tool can read."""
 
 
 def _flag(element: ET.Element, name: str) -> bool:
     return element.get(name, "0") == "1"
 
 
-def _points(element: ET.Element) -> list[float]:
+def _points(element: ET.Element, frame: object) -> list[float]:
     kind = element.tag
     try:
         if kind == "box":
@@ -42,12 +50,16 @@ def _points(element: ET.Element) -> list[float]:
         width, height = int(element.get("width")), int(element.get("height"))
         runs = [int(v) for v in element.get("rle").split(",")]
     except (TypeError, ValueError) as error:
-        raise XmlError(f"a <{kind}> on frame {element.get('frame')} is malformed") from error
+        raise XmlError(f"a <{kind}> on frame {frame} is malformed") from error
     return [*runs, left, top, left + width - 1, top + height - 1]
 
 
+def _group(element: ET.Element) -> int:
+    return int(element.get("group_id", "0") or 0)
+
+
 class CvatVideoXml:
-    """One CVAT for video 1.1 annotations file."""
+    """One CVAT 1.1 annotations file (a CVAT for video 1.1 export, or this tool's output)."""
 
     def __init__(self, path: Path) -> None:
         try:
@@ -57,8 +69,14 @@ class CvatVideoXml:
         self.root = self.tree.getroot()
         if self.root.tag != "annotations":
             raise XmlError(f"{path} is not CVAT annotations (root <{self.root.tag}>)")
-        if self.root.find("image") is not None:
-            raise XmlError(f"{path} is CVAT for images; export the job as CVAT for video 1.1")
+        if any(e.tag in ("box", "polygon") for image in self._images() for e in image):
+            raise XmlError(
+                f"{path} is CVAT for images (it turns every frame of a track into a shape of "
+                "its own); export the job as CVAT for video 1.1"
+            )
+
+    def _images(self) -> list[ET.Element]:
+        return self.root.findall("image")
 
     def frame_size(self) -> tuple[int, int] | None:
         """(height, width) from ``<meta>``, when the export says."""
@@ -72,19 +90,22 @@ class CvatVideoXml:
         value = self.root.findtext("meta/job/start_frame")
         return int(value) if value else 0
 
+    def is_job_export(self) -> bool:
+        return self.root.find("meta/job") is not None
+
     def read(self) -> tuple[list[Shape], list[Track]]:
-        """Mask tracks of one visible shape as shapes (as CVAT imports them); every
-        other track as a track."""
+        """Mask tracks of one visible shape and ``<image>`` masks as shapes (as CVAT
+        imports them); every other track as a track."""
         shapes, tracks = [], []
         for element in self.root.findall("track"):
-            group = int(element.get("group_id", "0") or 0)
+            group = _group(element)
             source = element.get("source", "manual")
             label = element.get("label", "")
             members = [
                 Shape(
                     type=ELEMENT_TYPES[child.tag],
                     frame=int(child.get("frame")),
-                    points=_points(child),
+                    points=_points(child, child.get("frame")),
                     label=label,
                     group=group,
                     source=source,
@@ -101,19 +122,60 @@ class CvatVideoXml:
                 shapes.append(visible[0])
             else:
                 tracks.append(Track(label, members, group, source, ref=element))
+        for image in self._images():
+            frame = int(image.get("id"))
+            shapes.extend(
+                Shape(
+                    type="mask",
+                    frame=frame,
+                    points=_points(child, frame),
+                    label=child.get("label", ""),
+                    group=_group(child),
+                    source=child.get("source", "manual"),
+                    ref=child,
+                )
+                for child in image
+                if child.tag == "mask"
+            )
         return shapes, tracks
 
-    def apply(self, plan: Plan, new_shapes: list[Shape], new_tracks: list[Track]) -> None:
-        """Group ids for regrouped people's items, earlier output removed, results added."""
+    def apply(self, result: RunResult, frame_name: Callable[[int], str]) -> None:
+        """Group ids for regrouped people's items, earlier output removed, the output
+        added; ``frame_name(frame)`` names an ``<image>`` (CVAT matches it by name,
+        else by its id, the frame number)."""
+        plan = result.plan
+        parents = {child: parent for parent in self.root.iter() for child in parent}
         for item in plan.regrouped:
-            element = item.ref
-            if isinstance(item, Shape) and element.tag != "track":
-                raise XmlError("a shape inside a track cannot be regrouped alone")
-            element.set("group_id", str(item.group))
+            item.ref.set("group_id", str(item.group))
         for item in [*plan.replaced_shapes, *plan.replaced_tracks]:
-            self.root.remove(item.ref)
+            parents[item.ref].remove(item.ref)
+        for track in result.rewritten_tracks:
+            element = track.ref.ref
+            element.set("group_id", str(track.group))
+            for child in [c for c in element if c.tag in ELEMENT_TYPES]:
+                element.remove(child)
+            for shape in track.shapes:
+                element.append(shape.ref if shape.ref is not None else _shape_element(shape))
+        images: dict[int, ET.Element] = {int(i.get("id")): i for i in self._images()}
+
+        def image(frame: int) -> ET.Element:
+            if frame not in images:
+                images[frame] = ET.SubElement(
+                    self.root, "image", {"id": str(frame), "name": frame_name(frame)}
+                )
+            return images[frame]
+
+        # People's mask tracks of tracked objects become <image> masks: the form whose
+        # group CVAT's importer keeps.
+        for obj in plan.objects:
+            for shape in obj.shapes:
+                if shape.type == "mask" and shape.ref.tag == "track":
+                    self.root.remove(shape.ref)
+                    _image_mask(image(shape.frame), shape)
+        for shape in result.new_shapes:
+            _image_mask(image(shape.frame), shape)
         next_id = 1 + max((int(t.get("id", -1)) for t in self.root.findall("track")), default=-1)
-        for track in [*(Track(s.label, [s], s.group, s.source) for s in new_shapes), *new_tracks]:
+        for track in result.new_tracks:
             element = ET.SubElement(
                 self.root,
                 "track",
@@ -126,37 +188,61 @@ class CvatVideoXml:
             )
             next_id += 1
             for shape in track.shapes:
-                _shape_element(element, shape)
+                element.append(_shape_element(shape))
 
     def write(self, path: Path) -> None:
         ET.indent(self.tree, space="  ")
         self.tree.write(path, encoding="utf-8", xml_declaration=True)
 
 
-def _shape_element(parent: ET.Element, shape: Shape) -> ET.Element:
+def _shape_attributes(shape: Shape) -> dict[str, str]:
+    points = shape.points
+    if shape.type == "rectangle":
+        return dict(zip(("xtl", "ytl", "xbr", "ybr"), (f"{v:.2f}" for v in points)))
+    if shape.type == "polygon":
+        pairs = zip(points[0::2], points[1::2])
+        return {"points": ";".join(f"{x:.2f},{y:.2f}" for x, y in pairs)}
+    *runs, left, top, right, bottom = (int(v) for v in points)
+    return {
+        "rle": ", ".join(str(r) for r in runs),
+        "left": str(left),
+        "top": str(top),
+        "width": str(right - left + 1),
+        "height": str(bottom - top + 1),
+    }
+
+
+def _shape_element(shape: Shape) -> ET.Element:
+    """A track's element (``<box>``, ``<polygon>``, ``<mask>``)."""
     attributes = {
         "frame": str(shape.frame),
         "keyframe": "1" if shape.keyframe else "0",
         "outside": "1" if shape.outside else "0",
         "occluded": "0",
         "z_order": "0",
+        **_shape_attributes(shape),
     }
-    points = shape.points
-    if shape.type == "rectangle":
-        attributes |= dict(zip(("xtl", "ytl", "xbr", "ybr"), (f"{v:.2f}" for v in points)))
-    elif shape.type == "polygon":
-        pairs = zip(points[0::2], points[1::2])
-        attributes["points"] = ";".join(f"{x:.2f},{y:.2f}" for x, y in pairs)
-    else:
-        *runs, left, top, right, bottom = (int(v) for v in points)
-        attributes |= {
-            "rle": ", ".join(str(r) for r in runs),
-            "left": str(left),
-            "top": str(top),
-            "width": str(right - left + 1),
-            "height": str(bottom - top + 1),
-        }
-    return ET.SubElement(parent, TYPE_ELEMENTS[shape.type], attributes)
+    return ET.Element(TYPE_ELEMENTS[shape.type], attributes)
+
+
+def _image_mask(image: ET.Element, shape: Shape) -> ET.Element:
+    """A mask shape inside an ``<image>``, as CVAT for images 1.1 writes it."""
+    occluded, z_order, children = "0", "0", []
+    if shape.ref is not None:  # a person's mask moved from its track form
+        first = next(c for c in shape.ref if c.tag == "mask" and not _flag(c, "outside"))
+        occluded, z_order = first.get("occluded", "0"), first.get("z_order", "0")
+        children = [copy.deepcopy(a) for a in first.findall("attribute")]
+    attributes = {
+        "label": shape.label,
+        "source": shape.source,
+        "occluded": occluded,
+        **_shape_attributes(shape),
+        "z_order": z_order,
+        "group_id": str(shape.group),
+    }
+    element = ET.SubElement(image, "mask", attributes)
+    element.extend(children)
+    return element
 
 
 __all__ = ["AUTO", "CvatVideoXml", "XmlError"]

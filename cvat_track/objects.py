@@ -1,22 +1,29 @@
-"""Which shapes in a CVAT job are one object, and what the tool writes back.
+"""Which shapes in a CVAT job are one object, which are the tool's own output, and what
+a run replaces.
 
-The rule (README, "Tracking from keyframes"):
+The rule (README, "Which shapes are one object"):
 
-* Shapes and tracks marked ``source="auto"`` are tool output; everything else
-  (``manual``, ``semi-auto`` for AI-assisted or edited auto shapes, ``file``, ...) was
-  made by people and is never changed, except that it gets a group id.
-* Each person's track (rectangles, polygons) is one object; its visible keyframe shapes
-  are the object's keyframes.
-* Person's shapes (CVAT keeps masks as shapes, one per frame) with the same label and
+* The tool's output is what carries its mark in the points (``cvat_track.marker``; it
+  survives CVAT's importer, which resets ``source`` and mask groups), or ``source="auto"``
+  in a track or shape without marks (output of versions before the mark). Everything
+  else was made by people (drawn, edited, imported) and is never changed, except that
+  it gets a group id.
+* Each track holding people's shapes (rectangles, polygons) is one object; its visible
+  people's keyframes are the object's keyframes. The output for that object goes into
+  that track, as keyframes beside the person's, so CVAT shows one shape per frame.
+* People's shapes (CVAT keeps masks as shapes, one per frame) with the same label and
   the same non-zero group id are one object; a track with that group id joins them.
-* A person's shape in no group (group 0) that overlaps an earlier auto shape of the
+* A person's shape in no group (group 0) that overlaps an earlier output shape of the
   same label on its frame (IoU >= 0.5) is a correction of that object: it joins its
-  group. Otherwise it starts a new object. Editing an auto mask in CVAT turns it into a
-  ``semi-auto`` shape of the same group: a new keyframe of the same object.
+  group. Otherwise it starts a new object. Editing an output shape in CVAT rewrites its
+  points, so it loses the mark and becomes a person's keyframe of the same object (an
+  edited mask keeps its group; an edited track frame stays in its track).
 * Objects without a group get a new one (written to their shapes and tracks), so their
   output and later corrections can be found again.
-* On a re-run, the auto output in an object's group is replaced; auto shapes and tracks
-  of other groups (another tool's) are left alone.
+* On a re-run, the output of an object's group is replaced: output shapes and
+  output-only tracks are deleted, output keyframes inside tracks that also hold people's
+  shapes are removed from them. Output of other groups (another run's, another tool's)
+  is left alone.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from tracking.shapes import ShapeError, decode_rle, rasterize_polygon
+
+from cvat_track.marker import is_marked
 
 AUTO = "auto"
 SHAPE_TYPES = ("mask", "polygon", "rectangle")
@@ -35,7 +44,7 @@ OVERLAP_IOU = 0.5
 class Shape:
     """A CVAT shape (standalone, or one element of a track) in CVAT's API encoding:
     rectangle ``[x1, y1, x2, y2]``, polygon ``[x1, y1, ...]``, mask run lengths followed
-    by the inclusive box ``[left, top, right, bottom]``."""
+    by the inclusive box ``[left, top, right, bottom]``, all in pixels."""
 
     type: str
     frame: int
@@ -45,7 +54,11 @@ class Shape:
     source: str = "manual"
     outside: bool = False
     keyframe: bool = True
-    ref: object = None  # where it came from (an XML element, an API id), for writing back
+    ref: object = None  # where it came from (an XML element, an API model), for writing back
+
+    @property
+    def marked(self) -> bool:
+        return is_marked(self.type, self.points)
 
 
 @dataclass
@@ -55,6 +68,23 @@ class Track:
     group: int = 0
     source: str = "manual"
     ref: object = None
+
+    def output_shapes(self) -> list[Shape]:
+        """The tool's shapes in this track: the marked ones; every shape of an auto track
+        written before the mark existed."""
+        marked = [s for s in self.shapes if s.marked]
+        if not marked and self.source == AUTO:
+            return list(self.shapes)
+        return marked
+
+    def people_shapes(self) -> list[Shape]:
+        output = {id(s) for s in self.output_shapes()}
+        return [s for s in self.shapes if id(s) not in output]
+
+
+def is_output_shape(shape: Shape) -> bool:
+    """Whether a standalone shape is the tool's output."""
+    return shape.marked or shape.source == AUTO
 
 
 @dataclass
@@ -66,8 +96,16 @@ class TrackedObject:
     group: int
     shape_type: str
     keyframes: list[Shape]
-    tracks: list[Track] = field(default_factory=list)  # people's tracks of the object
+    tracks: list[Track] = field(default_factory=list)  # tracks holding people's shapes
     shapes: list[Shape] = field(default_factory=list)  # people's standalone shapes
+
+    @property
+    def target(self) -> Track | None:
+        """The track the output goes into: the object's first track of its shape type
+        (none for masks, or when people drew standalone shapes only)."""
+        if self.shape_type == "mask":
+            return None
+        return next((t for t in self.tracks if t.people_shapes()[0].type == self.shape_type), None)
 
 
 @dataclass
@@ -75,8 +113,11 @@ class Plan:
     """What a run tracks and what it replaces."""
 
     objects: list[TrackedObject]
-    replaced_shapes: list[Shape]  # earlier auto output of these objects
-    replaced_tracks: list[Track]
+    replaced_shapes: list[Shape]  # earlier output shapes of these objects: deleted
+    replaced_tracks: list[Track]  # earlier output-only tracks of these objects: deleted
+    # Tracks of these objects holding people's shapes: their output keyframes go, the
+    # object's target track gets the new output.
+    rewritten_tracks: list[Track]
     regrouped: list[Shape | Track]  # people's shapes and tracks given a new group id
 
 
@@ -97,19 +138,53 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
+def _join_corrections(
+    person_shapes: list[Shape],
+    person_tracks: list[Track],
+    output: list[Shape],
+    frame_size: tuple[int, int],
+    regrouped: list[Shape | Track],
+) -> None:
+    """A group-0 person's shape drawn over an output shape joins that shape's object; so
+    does a group-0 track of one visible shape (CVAT for video's form of a standalone
+    polygon or rectangle)."""
+    height, width = frame_size
+    drawn: list[tuple[Shape | Track, Shape]] = [(s, s) for s in person_shapes if not s.group]
+    for track in person_tracks:
+        visible = [s for s in track.people_shapes() if not s.outside]
+        if not track.group and len(visible) == 1:
+            drawn.append((track, visible[0]))
+    for item, shape in drawn:
+        candidates = [
+            s
+            for s in output
+            if s.frame == shape.frame and s.label == shape.label and s.group and not s.outside
+        ]
+        if not candidates:
+            continue
+        pixels = shape_mask(shape, height, width)
+        overlaps = [(_iou(pixels, shape_mask(s, height, width)), s) for s in candidates]
+        best_iou, best = max(overlaps, key=lambda pair: pair[0])
+        if best_iou >= OVERLAP_IOU:
+            item.group = best.group
+            regrouped.append(item)
+
+
 def plan_objects(
     shapes: list[Shape],
     tracks: list[Track],
     frame_size: tuple[int, int],
     labels: set[str] | None = None,
     groups: set[int] | None = None,
+    used_groups: set[int] = frozenset(),
 ) -> Plan:
     """Objects (in a stable order: tracks, then shape groups by first frame) and the
-    earlier output they replace. ``labels`` and ``groups`` limit the run to those."""
-    height, width = frame_size
+    earlier output they replace. ``labels`` and ``groups`` limit the run to those;
+    ``used_groups`` are group ids taken elsewhere in the task (other jobs), which new
+    groups avoid."""
     wanted = (lambda label: label in labels) if labels else (lambda label: True)
-    used_groups = {s.group for s in shapes} | {t.group for t in tracks}
-    next_group = max(used_groups | {0}) + 1
+    taken = {s.group for s in shapes} | {t.group for t in tracks} | set(used_groups)
+    next_group = max(taken | {0}) + 1
     regrouped: list[Shape | Track] = []
 
     def new_group(item: Shape | Track) -> int:
@@ -118,30 +193,23 @@ def plan_objects(
         regrouped.append(item)
         return item.group
 
-    auto_shapes = [s for s in shapes if s.source == AUTO]
-    person_shapes = [s for s in shapes if s.source != AUTO and wanted(s.label)]
-    person_tracks = [t for t in tracks if t.source != AUTO and wanted(t.label)]
-
-    # A group-0 correction drawn over an earlier auto output joins that output's object.
-    for shape in person_shapes:
-        if shape.group:
-            continue
-        candidates = [
-            s for s in auto_shapes if s.frame == shape.frame and s.label == shape.label and s.group
-        ]
-        if candidates:
-            drawn = shape_mask(shape, height, width)
-            best = max(candidates, key=lambda s: _iou(drawn, shape_mask(s, height, width)))
-            if _iou(drawn, shape_mask(best, height, width)) >= OVERLAP_IOU:
-                shape.group = best.group
-                regrouped.append(shape)
+    output_shapes = [s for s in shapes if is_output_shape(s)]
+    person_shapes = [s for s in shapes if not is_output_shape(s) and wanted(s.label)]
+    person_tracks = [t for t in tracks if t.people_shapes() and wanted(t.label)]
+    track_output = [s for t in tracks for s in t.output_shapes()]
+    _join_corrections(
+        person_shapes, person_tracks, output_shapes + track_output, frame_size, regrouped
+    )
 
     objects: dict[tuple[str, int], TrackedObject] = {}
     for track in person_tracks:
-        group = track.group or new_group(track)
-        visible = [s for s in track.shapes if s.keyframe and not s.outside]
+        people = track.people_shapes()
+        visible = [s for s in people if s.keyframe and not s.outside]
         if not visible:
             continue
+        group = track.group or new_group(track)
+        for shape in track.shapes:
+            shape.group = group
         key = (track.label, group)
         obj = objects.setdefault(key, TrackedObject(track.label, group, visible[0].type, []))
         obj.tracks.append(track)
@@ -152,6 +220,9 @@ def plan_objects(
         obj = objects.setdefault(key, TrackedObject(shape.label, group, shape.type, []))
         obj.shapes.append(shape)
         obj.keyframes.append(shape)
+    if groups:
+        objects = {key: obj for key, obj in objects.items() if obj.group in groups}
+        regrouped = [item for item in regrouped if item.group in groups]
     for obj in objects.values():
         # One keyframe per frame: a standalone shape (a later correction) wins over a
         # track's shape on the same frame.
@@ -163,10 +234,12 @@ def plan_objects(
             if shape.type not in SHAPE_TYPES:
                 raise ShapeError(f"{shape.type} shapes cannot be tracked (frame {shape.frame})")
 
-    groups = {(o.label, o.group) for o in objects.values()}
+    keys = set(objects)
+    tracked = [t for t in tracks if (t.label, t.group) in keys]
     return Plan(
         objects=list(objects.values()),
-        replaced_shapes=[s for s in auto_shapes if (s.label, s.group) in groups],
-        replaced_tracks=[t for t in tracks if t.source == AUTO and (t.label, t.group) in groups],
+        replaced_shapes=[s for s in output_shapes if (s.label, s.group) in keys],
+        replaced_tracks=[t for t in tracked if not t.people_shapes()],
+        rewritten_tracks=[t for t in tracked if t.people_shapes()],
         regrouped=regrouped,
     )

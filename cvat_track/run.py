@@ -1,5 +1,6 @@
-"""One tracking run: people's shapes -> objects and keyframes -> SAM 2 over the frames
--> the tool's output (auto mask shapes per frame, auto tracks of polygons/rectangles)."""
+"""One tracking run: people's shapes -> objects and keyframes (checked before any model
+loads) -> SAM 2 over the frames -> the tool's output (marked mask shapes per frame;
+marked keyframes in the object's track, or a new auto track, for polygons/rectangles)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tracking.video import (
     yielded_frame_count,
 )
 
+from cvat_track.marker import mark
 from cvat_track.objects import AUTO, Plan, Shape, Track, TrackedObject, plan_objects
 
 
@@ -26,10 +28,26 @@ class RunError(ValueError):
 
 
 @dataclass
+class PreparedRun:
+    """A run checked and planned, before any model is loaded."""
+
+    plan: Plan
+    keyframes: list[list[Keyframe]]  # per object, frame indices into the frame source
+    frame_size: tuple[int, int]  # (height, width)
+    first_frame: int  # annotation frame number of the frame source's index 0
+    num_frames: int
+    direction: str
+    total: int  # frames the run processes
+
+
+@dataclass
 class RunResult:
     plan: Plan
-    new_shapes: list[Shape]  # auto mask shapes, one per object and visible frame
-    new_tracks: list[Track]  # auto tracks of polygons and rectangles, one per object
+    new_shapes: list[Shape]  # marked auto mask shapes, one per object and visible frame
+    new_tracks: list[Track]  # new auto tracks (objects people drew as shapes only)
+    # The plan's rewritten tracks, each with its whole new shape list (people's shapes
+    # kept as they were, the new output beside them); ``ref`` is the track it replaces.
+    rewritten_tracks: list[Track]
     frames_processed: int
     seconds: float
 
@@ -40,6 +58,91 @@ def keyframe_prompt(shape: Shape, frame_size: tuple[int, int]) -> Prompt:
         return shape_prompt(shape.type, shape.points, frame_size)
     except ShapeError as error:
         raise RunError(f"{shape.label} {shape.type} on frame {shape.frame}: {error}") from error
+
+
+def prepare_run(
+    frames: FrameSource,
+    shapes: list[Shape],
+    tracks: list[Track],
+    direction: str = "forward",
+    labels: set[str] | None = None,
+    groups: set[int] | None = None,
+    first_frame: int = 0,
+    used_groups: set[int] = frozenset(),
+) -> PreparedRun:
+    """The objects, their keyframes as prompts, and what the run replaces; refuses a job
+    without keyframes or with keyframes outside the frames. ``first_frame`` is the
+    annotation frame number of ``frames[0]``."""
+    first_image = frames.read(0)
+    frame_size = (first_image.height, first_image.width)
+    num_frames = len(frames)
+    plan = plan_objects(shapes, tracks, frame_size, labels, groups, used_groups)
+    if not plan.objects:
+        raise RunError(
+            "no keyframes found: draw the object (mask, polygon or rectangle) on at least "
+            "one frame, or check --labels / --groups"
+        )
+    keyframes = []
+    for obj in plan.objects:
+        prompts = []
+        for shape in obj.keyframes:
+            index = shape.frame - first_frame
+            if not 0 <= index < num_frames:
+                raise RunError(
+                    f"{obj.label} keyframe on frame {shape.frame} is outside the frames given "
+                    f"({first_frame}..{first_frame + num_frames - 1})"
+                )
+            prompts.append(Keyframe(index, keyframe_prompt(shape, frame_size)))
+        keyframes.append(prompts)
+    total = yielded_frame_count(keyframes, direction, num_frames)
+    return PreparedRun(plan, keyframes, frame_size, first_frame, num_frames, direction, total)
+
+
+def run_prepared(
+    tracker: Sam2StreamTracker,
+    frames: FrameSource,
+    run: PreparedRun,
+    max_cond_frames: int | None = None,
+    on_frame: Callable[[int, int, int], None] | None = None,
+) -> RunResult:
+    """Track every object; ``on_frame(frames done, frames in all, objects)`` reports."""
+    started = time.perf_counter()
+    plan = run.plan
+    answers: list[dict[int, list | None]] = [{} for _ in plan.objects]
+    done = 0
+    try:
+        for tracked in KeyframeVideoTracker(tracker).track(
+            frames, run.keyframes, run.direction, max_cond_frames
+        ):
+            for obj, answer, logits in zip(
+                plan.objects, answers, tracked.low_res_logits, strict=True
+            ):
+                mask = tracker.logits_mask(logits, tracked.frame_size)
+                points = encode_shape(obj.shape_type, mask)
+                answer[tracked.frame_index + run.first_frame] = (
+                    None if points is None else mark(obj.shape_type, points)
+                )
+            done += 1
+            if on_frame is not None:
+                on_frame(done, run.total, len(plan.objects))
+    except VideoError as error:
+        raise RunError(str(error)) from error
+
+    new_shapes, new_tracks, rewritten = [], [], {}
+    for obj, answer in zip(plan.objects, answers, strict=True):
+        if obj.shape_type == "mask":
+            new_shapes.extend(_mask_shapes(obj, answer))
+            continue
+        target = obj.target
+        output = _track_output(obj, answer, target)
+        if target is None:
+            track = Track(obj.label, output, obj.group, AUTO)
+            new_tracks.append(_closed(track, max(answer) + 1, run))
+        else:
+            rewritten[id(target)] = _with_output(target, output)
+    rewritten_tracks = [rewritten.get(id(t)) or _with_output(t, []) for t in plan.rewritten_tracks]
+    seconds = time.perf_counter() - started
+    return RunResult(plan, new_shapes, new_tracks, rewritten_tracks, done, seconds)
 
 
 def track_job(
@@ -54,98 +157,69 @@ def track_job(
     on_frame: Callable[[int, int, int], None] | None = None,
     groups: set[int] | None = None,
 ) -> RunResult:
-    """Track every object of the job; ``first_frame`` is the annotation frame number of
-    ``frames[0]``; ``on_frame(frames done, frames in all, objects)`` reports progress."""
-    started = time.perf_counter()
-    first_image = frames.read(0)
-    frame_size = (first_image.height, first_image.width)
-    num_frames = len(frames)
-    plan = plan_objects(shapes, tracks, frame_size, labels, groups)
-    if not plan.objects:
-        raise RunError(
-            "no keyframes found: draw the object (mask, polygon or rectangle) on at least "
-            "one frame, or check --labels / --groups"
-        )
-    objects = []
-    for obj in plan.objects:
-        keyframes = []
-        for shape in obj.keyframes:
-            index = shape.frame - first_frame
-            if not 0 <= index < num_frames:
-                raise RunError(
-                    f"{obj.label} keyframe on frame {shape.frame} is outside the frames given "
-                    f"({first_frame}..{first_frame + num_frames - 1})"
-                )
-            keyframes.append(Keyframe(index, keyframe_prompt(shape, frame_size)))
-        objects.append(keyframes)
-
-    total = yielded_frame_count(objects, direction, num_frames)
-    answers: list[dict[int, list | None]] = [{} for _ in objects]
-    done = 0
-    try:
-        for tracked in KeyframeVideoTracker(tracker).track(
-            frames, objects, direction, max_cond_frames
-        ):
-            for obj, answer, logits in zip(
-                plan.objects, answers, tracked.low_res_logits, strict=True
-            ):
-                mask = tracker.logits_mask(logits, tracked.frame_size)
-                answer[tracked.frame_index] = encode_shape(obj.shape_type, mask)
-            done += 1
-            if on_frame is not None:
-                on_frame(done, total, len(objects))
-    except VideoError as error:
-        raise RunError(str(error)) from error
-
-    new_shapes, new_tracks = [], []
-    for obj, answer in zip(plan.objects, answers, strict=True):
-        if obj.shape_type == "mask":
-            new_shapes.extend(_mask_shapes(obj, answer, first_frame))
-        else:
-            new_tracks.append(_track(obj, answer, first_frame, num_frames))
-    return RunResult(plan, new_shapes, new_tracks, done, time.perf_counter() - started)
+    """``prepare_run`` then ``run_prepared``, for callers that hold a tracker already."""
+    run = prepare_run(frames, shapes, tracks, direction, labels, groups, first_frame)
+    return run_prepared(tracker, frames, run, max_cond_frames, on_frame)
 
 
-def _mask_shapes(obj: TrackedObject, answer: dict, first_frame: int) -> list[Shape]:
+def _people_frames(obj: TrackedObject) -> set[int]:
+    """Frames where a person's shape of the object is visible (its keyframes)."""
+    return {k.frame for k in obj.keyframes}
+
+
+def _mask_shapes(obj: TrackedObject, answer: dict[int, list | None]) -> list[Shape]:
     """One auto mask per visible frame, except where a person's keyframe already is."""
-    keyframes = {k.frame for k in obj.keyframes}
+    people = _people_frames(obj)
     return [
-        Shape("mask", index + first_frame, points, obj.label, obj.group, AUTO)
-        for index, points in sorted(answer.items())
-        if points is not None and index + first_frame not in keyframes
+        Shape("mask", frame, points, obj.label, obj.group, AUTO)
+        for frame, points in sorted(answer.items())
+        if points is not None and frame not in people
     ]
 
 
-def _track(obj: TrackedObject, answer: dict, first_frame: int, num_frames: int) -> Track:
-    """The object's auto track: a keyframe on every tracked frame (a person's own shape on
-    their keyframes), ``outside`` where SAM 2 does not see the object, and closed after
-    the last tracked frame."""
-    keyframes = {k.frame: k for k in obj.keyframes if k.type == obj.shape_type}
+def _track_output(
+    obj: TrackedObject, answer: dict[int, list | None], target: Track | None
+) -> list[Shape]:
+    """The output keyframes of a polygon/rectangle object, one per tracked frame: the
+    tracked shape; ``outside`` where SAM 2 does not see the object, and where a person's
+    shape of the object outside ``target`` shows it (so CVAT shows one shape there);
+    nothing where ``target`` holds a person's shape. Outside keyframes repeat the last
+    points, marked; none come before the first shape."""
+    own = {s.frame: s for s in target.people_shapes()} if target is not None else {}
+    people = _people_frames(obj)
     shapes: list[Shape] = []
     last_points = None
-    for index, points in sorted(answer.items()):
-        frame = index + first_frame
-        if frame in keyframes:
-            points = keyframes[frame].points
-        outside = points is None
-        points = last_points if outside else points
-        if points is None:
-            continue  # not seen yet: the track starts where it is first seen
+    for frame, points in sorted(answer.items()):
+        if frame in own:
+            if not own[frame].outside:  # the person's own shape continues the track here
+                last_points = mark(obj.shape_type, own[frame].points)
+            continue
+        outside = points is None or frame in people
+        if not outside:
+            last_points = points
+        elif last_points is None:
+            continue
         shapes.append(
-            Shape(obj.shape_type, frame, list(points), obj.label, obj.group, AUTO, outside=outside)
+            Shape(obj.shape_type, frame, list(last_points), obj.label, obj.group, AUTO, outside)
         )
-        last_points = points
-    end = max(answer) + 1
-    if shapes and end < num_frames and not shapes[-1].outside:
+    return shapes
+
+
+def _closed(track: Track, end: int, run: PreparedRun) -> Track:
+    """A new auto track ends at frame ``end``, after the last tracked frame (``outside``
+    there), unless that is past the frames or the track is outside already."""
+    shapes = track.shapes
+    if not shapes or shapes[-1].outside:
+        return track
+    last = shapes[-1]
+    if end < run.first_frame + run.num_frames:
         shapes.append(
-            Shape(
-                obj.shape_type,
-                end + first_frame,
-                list(last_points),
-                obj.label,
-                obj.group,
-                AUTO,
-                outside=True,
-            )
+            Shape(last.type, end, list(last.points), last.label, last.group, AUTO, outside=True)
         )
-    return Track(obj.label, shapes, obj.group, AUTO)
+    return track
+
+
+def _with_output(track: Track, output: list[Shape]) -> Track:
+    """``track`` with its earlier output replaced by ``output``, in frame order."""
+    shapes = sorted([*track.people_shapes(), *output], key=lambda s: s.frame)
+    return Track(track.label, shapes, track.group, track.source, ref=track)

@@ -374,9 +374,16 @@ class FakeCvat:
                     if action == "create":
                         result[kind].append(self._create(kind, item))
                     elif action == "update":
+                        # CVAT deletes the item and creates it again with its id: a
+                        # track's shapes are the ones sent (new ones get ids).
                         index = next(i for i, s in enumerate(stored) if s["id"] == item["id"])
-                        stored[index] = {**stored[index], **item}
-                        result[kind].append(stored[index])
+                        updated = {**stored[index], **item}
+                        for shape in updated.get("shapes") or []:
+                            if shape.get("id") is None:
+                                shape["id"] = self._next_id
+                                self._next_id += 1
+                        stored[index] = updated
+                        result[kind].append(updated)
                     elif action == "delete":
                         stored[:] = [s for s in stored if s["id"] != item["id"]]
                         result[kind].append(item)

@@ -21,6 +21,8 @@ from tracking.engine import MaskPrompt, Sam2StreamTracker
 from tracking.shapes import mask_to_box
 from tracking.video import FolderFrames, Keyframe, KeyframeVideoTracker
 
+from cvat_track.marker import is_marked
+
 SEQUENCE = "dog"
 NUM_FRAMES = 12
 IMAGE_SIZE = 256  # the point here is the tool's logic; tests/test_video.py checks SAM 2
@@ -83,6 +85,24 @@ def run_cli(*args: str, checkpoint: Path):
 
 def tracks_of(path: Path) -> list[ET.Element]:
     return ET.parse(path).getroot().findall("track")
+
+
+def image_masks(path: Path) -> list[tuple[int, ET.Element]]:
+    """(frame, <mask>) of every mask in an <image> element."""
+    return [
+        (int(image.get("id")), mask)
+        for image in ET.parse(path).getroot().findall("image")
+        for mask in image.findall("mask")
+    ]
+
+
+def mask_points(element: ET.Element) -> list[int]:
+    """A <mask> element's points in the API's encoding (runs, then the inclusive box)."""
+    left, top = int(element.get("left")), int(element.get("top"))
+    runs = [int(v) for v in element.get("rle").split(",")]
+    right = left + int(element.get("width")) - 1
+    bottom = top + int(element.get("height")) - 1
+    return [*runs, left, top, right, bottom]
 
 
 def canonical(track: ET.Element) -> str:
@@ -150,51 +170,48 @@ def test_masks_decode_back_to_the_tracked_masks(job, present_checkpoint):
 
     height, width = ground_truth(sequence).shape
     written = {}
-    for track in tracks_of(output):
-        if track.get("source") != "auto" or track.get("label") != "dog":
+    for frame, element in image_masks(output):
+        if element.get("source") != "auto" or element.get("label") != "dog":
             continue
-        [element] = [e for e in track if e.tag == "mask"] or [None]
-        if element is None:
-            continue
-        assert track.get("group_id") == "3"
-        left, top = int(element.get("left")), int(element.get("top"))
-        points = [int(v) for v in element.get("rle").split(",")]
-        points += [
-            left,
-            top,
-            left + int(element.get("width")) - 1,
-            top + int(element.get("height")) - 1,
-        ]
-        written[int(element.get("frame"))] = decode_mask(
-            points, image_width=width, image_height=height
-        )
+        assert element.get("group_id") == "3"
+        points = mask_points(element)
+        assert is_marked("mask", points)
+        written[frame] = decode_mask(points, image_width=width, image_height=height)
+    # People's masks moved to the <image> form, which keeps their group through an
+    # upload, unchanged otherwise (and unmarked).
+    people = {f: e for f, e in image_masks(output) if e.get("source") == "manual"}
+    assert sorted(people) == [0, 6]
+    for frame, element in people.items():
+        assert element.get("group_id") == "3" and not is_marked("mask", mask_points(element))
+        expected_rle = encode_mask(ground_truth(sequence, frame))
+        assert mask_points(element) == [int(v) for v in expected_rle]
     assert sorted(written) == [f for f in range(NUM_FRAMES) if f not in (0, 6)]
     for frame, mask in written.items():
         assert 0.01 < mask.mean() < 0.99, f"frame {frame}: trivial mask"
         assert np.array_equal(mask, expected[frame]), f"frame {frame}"
 
 
-def test_rectangles_become_one_auto_track_and_peoples_tracks_stay(job):
+def test_the_rectangle_track_gets_marked_keyframes_and_other_tracks_stay(job):
     _, _, annotations, output, _ = job
     before = {t.get("id"): t for t in tracks_of(annotations)}
-    after = tracks_of(output)
-    kept = [t for t in after if t.get("id") in before]
-    assert len(kept) == len(before)
-    rectangle_group = next(t.get("group_id") for t in kept if t.get("id") == "2")
-    for track in kept:
-        original = before[track.get("id")]
-        if original.get("group_id") is None:  # the ungrouped rectangle gets a group id
-            assert int(track.get("group_id")) > 3
-            track.attrib.pop("group_id")
-        assert canonical(track) == canonical(original)
-    [auto_boxes] = [
-        t for t in after if t.get("source") == "auto" and t.get("group_id") == rectangle_group
-    ]
-    frames = [int(b.get("frame")) for b in auto_boxes.findall("box")]
+    after = {t.get("id"): t for t in tracks_of(output)}
+    # The masks' tracks became <image> masks; the rectangle track and the tree stay.
+    assert sorted(after) == ["2", "3"]
+    assert canonical(after["3"]) == canonical(before["3"])
+    rectangle = after["2"]
+    assert int(rectangle.get("group_id")) > 3  # the ungrouped track got a group id
+    boxes = {int(b.get("frame")): b for b in rectangle.findall("box")}
     # As SAM 2's predictor does, the run starts at the first keyframe of any object (the
     # masks' frame 0): the rectangle is tracked from there, conditioned on its keyframe.
-    assert frames == list(range(NUM_FRAMES))
-    assert all(b.get("keyframe") == "1" for b in auto_boxes.findall("box"))
+    # The person's box on frame 2 stays as it was; every other frame has a marked one.
+    assert sorted(boxes) == list(range(NUM_FRAMES))
+    [person] = before["2"].findall("box")
+    assert canonical(boxes[2]) == canonical(person)
+    for frame, box in boxes.items():
+        points = [float(box.get(k)) for k in ("xtl", "ytl", "xbr", "ybr")]
+        assert box.get("keyframe") == "1"
+        assert is_marked("rectangle", points) == (frame != 2), frame
+    assert "tracks with new keyframes" in job[4].stdout
 
 
 def test_a_rerun_replaces_its_own_output_only(job, present_checkpoint, tmp_path):
@@ -210,8 +227,11 @@ def test_a_rerun_replaces_its_own_output_only(job, present_checkpoint, tmp_path)
         checkpoint=present_checkpoint,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "replacing 10 earlier auto shapes and 1 auto tracks" in result.stdout
+    assert "replacing 10 earlier output shapes and 0 output tracks" in result.stdout
     assert sorted(map(canonical, tracks_of(again))) == sorted(map(canonical, tracks_of(output)))
+    assert sorted((f, canonical(e)) for f, e in image_masks(again)) == sorted(
+        (f, canonical(e)) for f, e in image_masks(output)
+    )
 
 
 def test_clear_errors(job, present_checkpoint, tmp_path):

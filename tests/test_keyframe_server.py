@@ -15,6 +15,8 @@ from tracking.engine import MaskPrompt, Sam2StreamTracker
 from tracking.shapes import mask_to_box
 from tracking.video import FolderFrames, Keyframe, KeyframeVideoTracker
 
+from cvat_track.marker import is_marked
+
 SEQUENCE = "dog"
 NUM_FRAMES = 10
 
@@ -106,17 +108,21 @@ def test_a_job_is_tracked_and_written_back(cvat, present_checkpoint, tmp_path):
         )
         assert np.array_equal(written, (logits[0, 0] > 0).numpy()), tracked.frame_index
 
-    [track] = [t for t in fake.tracks if t["source"] == "auto"]
-    [people_track] = [t for t in fake.tracks if t["source"] == "manual"]
-    assert track["group"] == people_track["group"] > 0
+    # The person's rectangle track holds the output: a marked box on every other frame
+    # of the job (the run starts at the mask's frame 0), the person's box kept on 2.
+    [track] = [t for t in fake.tracks if t["label_id"] == 11]
+    assert track["source"] == "manual" and track["group"] > 0
+    assert track["group"] != person["group"]
     assert [s["frame"] for s in track["shapes"]] == list(range(6))
-    assert track["shapes"][2]["points"] == people_track["shapes"][0]["points"]
+    for shape in track["shapes"]:
+        assert is_marked("rectangle", shape["points"]) == (shape["frame"] != 2)
+    assert track["shapes"][2]["points"] == mask_to_box(ground_truth(davis_sequence(SEQUENCE), 2))
 
     # Again: the same annotations, its own output replaced, nothing else touched.
     after_first = (without_ids(fake.shapes), without_ids(fake.tracks))
     result = run_cli(*job_1, checkpoint=present_checkpoint)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "replacing 5 earlier auto shapes and 1 auto tracks" in result.stdout
+    assert "replacing 5 earlier output shapes and 0 output tracks" in result.stdout
     assert (without_ids(fake.shapes), without_ids(fake.tracks)) == after_first
 
 
@@ -139,7 +145,7 @@ def test_token_task_frame_range_and_dry_run(cvat, present_checkpoint):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tracked 2 objects over 4 frames" in result.stdout
-    assert "would write to task 1: 3 mask shapes, 1 tracks" in result.stdout
+    assert "would write to task 1: 3 mask shapes, 0 new tracks, 1 tracks with new" in result.stdout
     assert (without_ids(fake.shapes), without_ids(fake.tracks)) == before
     assert not any(r.startswith("PATCH") for r in fake.requests)
 
