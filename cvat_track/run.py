@@ -185,7 +185,8 @@ def _track_output(
     shape of the object outside ``target`` shows it (so CVAT shows one shape there);
     nothing where ``target`` holds a person's shape. Outside keyframes repeat the last
     points, marked; none come before the first shape."""
-    own = {s.frame: s for s in target.people_shapes()} if target is not None else {}
+    closing = _export_closing(target)
+    own = {s.frame: s for s in target.people_shapes() if s is not closing} if target else {}
     people = _people_frames(obj)
     shapes: list[Shape] = []
     last_points = None
@@ -219,7 +220,27 @@ def _closed(track: Track, end: int, run: PreparedRun) -> Track:
     return track
 
 
+def _export_closing(track: Track | None) -> Shape | None:
+    """The ``outside`` shape CVAT's exporter puts on the frame after a standalone shape
+    when it writes it as a track (CVAT for video 1.1): a track of people's shapes ending
+    in an outside one right after its only visible one. It says where the export ended
+    the shape, not that the person saw the object leave: output replaces it."""
+    if track is None:
+        return None
+    people = sorted(track.people_shapes(), key=lambda s: s.frame)
+    visible = [s for s in people if not s.outside]
+    if len(people) >= 2 and len(visible) == 1 and people[-1].outside:
+        last, before = people[-1], people[-2]
+        if before is visible[0] and last.frame == before.frame + 1:
+            return last
+    return None
+
+
 def _with_output(track: Track, output: list[Shape]) -> Track:
-    """``track`` with its earlier output replaced by ``output``, in frame order."""
-    shapes = sorted([*track.people_shapes(), *output], key=lambda s: s.frame)
+    """``track`` with its earlier output replaced by ``output``, in frame order (the
+    exporter's closing shape goes where the output covers its frame)."""
+    closing = _export_closing(track)
+    covered = {s.frame for s in output}
+    people = [s for s in track.people_shapes() if not (s is closing and s.frame in covered)]
+    shapes = sorted([*people, *output], key=lambda s: s.frame)
     return Track(track.label, shapes, track.group, track.source, ref=track)

@@ -19,6 +19,7 @@ import json
 import re
 import secrets
 import threading
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -49,6 +50,8 @@ class FakeCvat:
     completed: dict[str, dict] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     on_complete: object = None  # callable(ar_id, result) -> None
+    fail_patches: set[int] = field(default_factory=set)  # PATCH requests (1 = first) -> 500
+    patches: int = 0
     # More tasks (id -> frame files), no jobs or annotations: for agent requests.
     other_tasks: dict[int, list[Path]] = field(default_factory=dict)
 
@@ -185,7 +188,11 @@ class FakeCvat:
                     if self.command == "GET":
                         return self._send(200, fake.annotations(frames))
                     if self.command == "PATCH":
-                        return self._send(200, fake.patch(query.get("action"), self._body()))
+                        body = self._body()
+                        fake.patches += 1
+                        if fake.patches in fake.fail_patches:
+                            return self._send(500, {"detail": "Internal server error (test)."})
+                        return self._send(200, fake.patch(query.get("action"), body))
                 return self._send(405, {"detail": f'Method "{self.command}" not allowed.'})
 
             def _function(self, path: str) -> None:
@@ -388,3 +395,161 @@ class FakeCvat:
                         stored[:] = [s for s in stored if s["id"] != item["id"]]
                         result[kind].append(item)
             return result
+
+    # -- CVAT 1.1 XML, as CVAT 2.73 exports and imports it -------------------------
+
+    def _label_names(self) -> dict[int, str]:
+        return {v: k for k, v in self.label_ids.items()}
+
+    def export_video_xml(self, job: int | None = None) -> str:
+        """Export ... "CVAT for video 1.1" of the task or a job (its annotations.xml):
+        tracks as stored (keyframes only: CVAT's API holds keyframes only), ``group_id``
+        only when non-zero; every shape as a track of the shape and an ``outside`` copy
+        on the next frame, unless that frame is the job's last or beyond (CVAT's
+        ``shape.frame + frame_step < stop_frame``)."""
+        frames = self.frame_range("jobs", job) if job is not None else range(len(self.frames))
+        start, stop = frames.start, frames.stop - 1
+        names = self._label_names()
+        annotations = self.annotations(frames)
+        meta = (
+            f"<job><id>{job}</id><start_frame>{start}</start_frame>"
+            f"<stop_frame>{stop}</stop_frame></job>"
+            if job is not None
+            else f"<task><id>1</id><start_frame>0</start_frame>"
+            f"<stop_frame>{stop}</stop_frame></task>"
+        )
+        lines = [
+            '<?xml version="1.0" encoding="utf-8"?>',
+            "<annotations><version>1.1</version>",
+            f"<meta>{meta}<original_size><width>{self.width}</width>"
+            f"<height>{self.height}</height></original_size></meta>",
+        ]
+        tracks = [dict(t) for t in annotations["tracks"]]
+        for shape in annotations["shapes"]:
+            elements = [{**shape, "outside": False}]
+            if shape["frame"] + 1 < stop:
+                elements.append({**shape, "frame": shape["frame"] + 1, "outside": True})
+            tracks.append({**shape, "shapes": elements})
+        for index, track in enumerate(tracks):
+            group = f' group_id="{track["group"]}"' if track["group"] else ""
+            lines.append(
+                f'<track id="{index}" label="{names[track["label_id"]]}" '
+                f'source="{track["source"]}"{group}>'
+            )
+            lines.extend(_xml_element(shape) for shape in track["shapes"])
+            lines.append("</track>")
+        lines.append("</annotations>")
+        return "\n".join(lines)
+
+    def import_xml(self, text: str, job: int | None = None) -> None:
+        """Upload annotations with "CVAT 1.1" into the task or a job: its annotations are
+        replaced by the file's, as ``load_anno`` reads them: a ``<track>`` gets ``source
+        file`` and keeps ``group_id`` and its keyframe shapes; a track whose first shape
+        is a mask becomes one shape of that first shape with the defaults of a tracked
+        shape (``source manual``, group 0); an ``<image>`` shape keeps ``group_id`` and gets
+        ``source file``, its frame found by the image's name, else its ``id``."""
+        frames = self.frame_range("jobs", job) if job is not None else range(len(self.frames))
+        by_name = {path.stem: i for i, path in enumerate(self.frames)}
+        root = ET.fromstring(text)
+        shapes, tracks = [], []
+        for element in root.findall("track"):
+            label_id = self.label_ids[element.get("label")]
+            members = [_api_shape(e) for e in element if e.get("keyframe") == "1"]
+            if members[0]["type"] == "mask":
+                first = members[0]
+                shapes.append({**first, "label_id": label_id, "group": 0, "source": "manual"})
+                shapes[-1].pop("outside")
+                continue
+            tracks.append(
+                {
+                    "label_id": label_id,
+                    "group": int(element.get("group_id", 0)),
+                    "source": "file",
+                    "frame": min(m["frame"] for m in members),
+                    "shapes": members,
+                }
+            )
+        for image in root.findall("image"):
+            name = image.get("name", "").rsplit(".", 1)[0]
+            frame = by_name.get(name, int(image.get("id")))
+            for element in image:
+                shape = _api_shape(element, frame)
+                shape.pop("outside")
+                shapes.append(
+                    {
+                        **shape,
+                        "label_id": self.label_ids[element.get("label")],
+                        "group": int(element.get("group_id", 0)),
+                        "source": "file",
+                    }
+                )
+        with self._lock:
+            self.shapes[:] = [s for s in self.shapes if s["frame"] not in frames]
+            self.tracks[:] = [
+                t for t in self.tracks if not any(e["frame"] in frames for e in t["shapes"])
+            ]
+            for shape in shapes:
+                self._create("shapes", shape)
+            for track in tracks:
+                self._create("tracks", track)
+
+    def visible(self, frame: int) -> dict[tuple[int, int], int]:
+        """How many shapes CVAT's annotation view shows on ``frame`` per object (label
+        id, group; a group-0 item is its own object, keyed by its id): standalone shapes
+        on the frame, and tracks whose latest shape at or before it is not outside."""
+        counts: dict[tuple[int, int], int] = {}
+
+        def count(item: dict) -> None:
+            key = (item["label_id"], item["group"] or -item["id"])
+            counts[key] = counts.get(key, 0) + 1
+
+        for shape in self.shapes:
+            if shape["frame"] == frame:
+                count(shape)
+        for track in self.tracks:
+            earlier = [s for s in track["shapes"] if s["frame"] <= frame]
+            if earlier and not max(earlier, key=lambda s: s["frame"])["outside"]:
+                count(track)
+        return counts
+
+
+def _xml_element(shape: dict) -> str:
+    """A track's shape as CVAT for video 1.1 writes it."""
+    common = (
+        f'frame="{shape["frame"]}" keyframe="1" outside="{int(shape.get("outside", False))}" '
+        f'occluded="{int(shape.get("occluded", False))}"'
+    )
+    points = shape["points"]
+    if shape["type"] == "rectangle":
+        box = " ".join(f'{k}="{v:.2f}"' for k, v in zip(("xtl", "ytl", "xbr", "ybr"), points))
+        return f'<box {common} {box} z_order="0"></box>'
+    if shape["type"] == "polygon":
+        pairs = ";".join(f"{x:.2f},{y:.2f}" for x, y in zip(points[0::2], points[1::2]))
+        return f'<polygon {common} points="{pairs}" z_order="0"></polygon>'
+    *runs, left, top, right, bottom = (int(v) for v in points)
+    return (
+        f'<mask {common} rle="{", ".join(map(str, runs))}" left="{left}" top="{top}" '
+        f'width="{right - left + 1}" height="{bottom - top + 1}" z_order="0"></mask>'
+    )
+
+
+def _api_shape(element, frame: int | None = None) -> dict:
+    """An XML shape element as the API's shape (points as CVAT's importer parses them)."""
+    kind = {"box": "rectangle"}.get(element.tag, element.tag)
+    if kind == "rectangle":
+        points = [float(element.get(k)) for k in ("xtl", "ytl", "xbr", "ybr")]
+    elif kind == "polygon":
+        points = [float(v) for p in element.get("points").split(";") for v in p.split(",")]
+    else:
+        left, top = int(element.get("left")), int(element.get("top"))
+        points = [int(v) for v in element.get("rle").split(",")]
+        points += [left, top, left + int(element.get("width")) - 1]
+        points += [top + int(element.get("height")) - 1]
+    return {
+        "type": kind,
+        "frame": int(element.get("frame")) if frame is None else frame,
+        "points": points,
+        "outside": element.get("outside", "0") == "1",
+        "occluded": element.get("occluded", "0") == "1",
+        "z_order": int(element.get("z_order", 0)),
+    }
