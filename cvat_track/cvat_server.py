@@ -169,14 +169,17 @@ class ServerJob:
             shapes=[models.LabeledShapeRequest(**s.ref.to_dict()) for s in plan.replaced_shapes],
             tracks=[models.LabeledTrackRequest(**t.ref.to_dict()) for t in plan.replaced_tracks],
         )
-        created_ids: set[int] = set()
-        expected = len(created.shapes) + len(created.tracks)
+        # Shape and track ids are separate sequences in CVAT: kept apart.
+        created_ids: dict[str, set[int]] = {"shapes": set(), "tracks": set()}
 
         def create() -> None:
-            created_ids.update(self._patch(created, AnnotationUpdateAction.CREATE))
+            for kind, ids in self._patch(created, AnnotationUpdateAction.CREATE).items():
+                created_ids[kind] |= ids
 
         def delete_created() -> None:
-            if len(created_ids) < expected:
+            if len(created_ids["shapes"]) < len(created.shapes) or len(created_ids["tracks"]) < len(
+                created.tracks
+            ):
                 raise _UndoImpossible("the server did not name what it created")
             self._patch(self._requests_for(created_ids), AnnotationUpdateAction.DELETE)
 
@@ -220,8 +223,8 @@ class ServerJob:
                 raise ServerError(f"{failure}; nothing was changed") from error
             done.append(undo)
 
-    def _patch(self, data: models.PatchedLabeledDataRequest, action) -> set[int]:
-        """One PATCH; the ids of the shapes and tracks the server answers with."""
+    def _patch(self, data: models.PatchedLabeledDataRequest, action) -> dict[str, set[int]]:
+        """One PATCH; the ids of the shapes and of the tracks the server answers with."""
         _, response = self.entity.api.partial_update_annotations(
             action=action.value,
             id=self.entity.id,
@@ -229,17 +232,23 @@ class ServerJob:
             _parse_response=False,
         )
         answer = json.loads(response.data or b"{}")
-        return {item["id"] for kind in ("shapes", "tracks") for item in answer.get(kind) or []}
+        return {
+            kind: {item["id"] for item in answer.get(kind) or []} for kind in ("shapes", "tracks")
+        }
 
-    def _requests_for(self, ids: set[int]) -> models.PatchedLabeledDataRequest:
+    def _requests_for(self, ids: dict[str, set[int]]) -> models.PatchedLabeledDataRequest:
         """The entity's shapes and tracks with these ids, as requests."""
         annotations = self.entity.get_annotations()
         return models.PatchedLabeledDataRequest(
             shapes=[
-                models.LabeledShapeRequest(**s.to_dict()) for s in annotations.shapes if s.id in ids
+                models.LabeledShapeRequest(**s.to_dict())
+                for s in annotations.shapes
+                if s.id in ids["shapes"]
             ],
             tracks=[
-                models.LabeledTrackRequest(**t.to_dict()) for t in annotations.tracks if t.id in ids
+                models.LabeledTrackRequest(**t.to_dict())
+                for t in annotations.tracks
+                if t.id in ids["tracks"]
             ],
         )
 

@@ -114,7 +114,9 @@ class CvatVideoXml:
                     ref=child,
                 )
                 for child in element
-                if child.tag in ELEMENT_TYPES
+                # keyframe="0": the exporter's interpolated copies, which CVAT's
+                # importer drops too; a track is its keyframes.
+                if child.tag in ELEMENT_TYPES and child.get("keyframe", "1") != "0"
             ]
             visible = [s for s in members if not s.outside]
             if members and all(s.type == "mask" for s in members) and len(visible) == 1:
@@ -137,6 +139,7 @@ class CvatVideoXml:
                 for child in image
                 if child.tag == "mask"
             )
+        self._mask_tracks = [s for s in shapes if s.ref.tag == "track"]
         return shapes, tracks
 
     def apply(self, result: RunResult, frame_name: Callable[[int], str]) -> None:
@@ -165,13 +168,13 @@ class CvatVideoXml:
                 )
             return images[frame]
 
-        # People's mask tracks of tracked objects become <image> masks: the form whose
-        # group CVAT's importer keeps.
-        for obj in plan.objects:
-            for shape in obj.shapes:
-                if shape.type == "mask" and shape.ref.tag == "track":
-                    self.root.remove(shape.ref)
-                    _image_mask(image(shape.frame), shape)
+        # Mask tracks (people's, other runs') become <image> masks: the form whose group
+        # CVAT's importer keeps.
+        tracks_left = set(self.root.findall("track"))
+        for shape in self._mask_tracks:
+            if shape.ref in tracks_left:
+                self.root.remove(shape.ref)
+                _image_mask(image(shape.frame), shape)
         for shape in result.new_shapes:
             _image_mask(image(shape.frame), shape)
         next_id = 1 + max((int(t.get("id", -1)) for t in self.root.findall("track")), default=-1)

@@ -57,7 +57,9 @@ class FakeCvat:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._next_id = 1
+        # CVAT numbers shapes, tracks and tracks' shapes in separate sequences (one table
+        # each), so a shape and a track can have the same id.
+        self._next_ids = {"shapes": 1, "tracks": 1, "tracked_shapes": 1}
         self._sessions: dict[str, str] = {}  # sessionid -> csrftoken
         with Image.open(self.frames[0]) as image:
             self.width, self.height = image.size
@@ -77,9 +79,8 @@ class FakeCvat:
             "attributes": [],
             "elements": [],
             **item,
-            "id": self._next_id,
+            "id": self._new_id(kind),
         }
-        self._next_id += 1
         if kind == "shapes":
             stored = {"occluded": False, "outside": False, "z_order": 0, "rotation": 0.0, **stored}
         else:
@@ -93,13 +94,16 @@ class FakeCvat:
                         "rotation": 0.0,
                         "attributes": [],
                         **shape,
-                        "id": self._next_id,
+                        "id": self._new_id("tracked_shapes"),
                     }
                 )
-                self._next_id += 1
             stored["shapes"] = elements
         getattr(self, kind).append(stored)
         return stored
+
+    def _new_id(self, kind: str) -> int:
+        self._next_ids[kind] += 1
+        return self._next_ids[kind] - 1
 
     def jobs(self) -> list[tuple[int, int, int]]:
         """(job id, start frame, stop frame)."""
@@ -252,7 +256,7 @@ class FakeCvat:
         return {
             "name": "Computer Vision Annotation Tool",
             "description": "CVAT is completely re-designed and re-implemented version of ...",
-            "version": "2.80.0",
+            "version": "2.73.0",  # the CVAT the tool was checked against; cvat-sdk is 2.80
             "logo_url": "/static/logo.svg",
             "subtitle": "Open Data Annotation Platform",
         }
@@ -387,8 +391,7 @@ class FakeCvat:
                         updated = {**stored[index], **item}
                         for shape in updated.get("shapes") or []:
                             if shape.get("id") is None:
-                                shape["id"] = self._next_id
-                                self._next_id += 1
+                                shape["id"] = self._new_id("tracked_shapes")
                         stored[index] = updated
                         result[kind].append(updated)
                     elif action == "delete":
@@ -403,10 +406,11 @@ class FakeCvat:
 
     def export_video_xml(self, job: int | None = None) -> str:
         """Export ... "CVAT for video 1.1" of the task or a job (its annotations.xml):
-        tracks as stored (keyframes only: CVAT's API holds keyframes only), ``group_id``
-        only when non-zero; every shape as a track of the shape and an ``outside`` copy
-        on the next frame, unless that frame is the job's last or beyond (CVAT's
-        ``shape.frame + frame_step < stop_frame``)."""
+        tracks with their keyframes and, on every frame after a visible keyframe up to the
+        next keyframe or the last frame, an interpolated shape (``keyframe="0"``; here a
+        copy of the keyframe's points); ``group_id`` only when non-zero; every shape as
+        a track of the shape and an ``outside`` copy on the next frame, unless that frame
+        is the job's last or beyond (CVAT's ``shape.frame + frame_step < stop_frame``)."""
         frames = self.frame_range("jobs", job) if job is not None else range(len(self.frames))
         start, stop = frames.start, frames.stop - 1
         names = self._label_names()
@@ -436,7 +440,7 @@ class FakeCvat:
                 f'<track id="{index}" label="{names[track["label_id"]]}" '
                 f'source="{track["source"]}"{group}>'
             )
-            lines.extend(_xml_element(shape) for shape in track["shapes"])
+            lines.extend(_xml_element(shape) for shape in _interpolated(track["shapes"], stop))
             lines.append("</track>")
         lines.append("</annotations>")
         return "\n".join(lines)
@@ -513,10 +517,26 @@ class FakeCvat:
         return counts
 
 
+def _interpolated(keyframes: list[dict], stop: int) -> list[dict]:
+    """A track's shapes as exported: its keyframes, and a non-keyframe copy on each frame
+    after a visible keyframe until the next keyframe (or ``stop``, inclusive)."""
+    keyframes = sorted(keyframes, key=lambda s: s["frame"])
+    shapes = []
+    for shape, following in zip(keyframes, [*keyframes[1:], None]):
+        shapes.append({**shape, "keyframe": True})
+        end = following["frame"] if following else stop + 1
+        if not shape.get("outside"):
+            shapes += [
+                {**shape, "frame": f, "keyframe": False} for f in range(shape["frame"] + 1, end)
+            ]
+    return shapes
+
+
 def _xml_element(shape: dict) -> str:
     """A track's shape as CVAT for video 1.1 writes it."""
     common = (
-        f'frame="{shape["frame"]}" keyframe="1" outside="{int(shape.get("outside", False))}" '
+        f'frame="{shape["frame"]}" keyframe="{int(shape.get("keyframe", True))}" '
+        f'outside="{int(shape.get("outside", False))}" '
         f'occluded="{int(shape.get("occluded", False))}"'
     )
     points = shape["points"]

@@ -93,13 +93,13 @@ def three_objects():
     server.shutdown()
 
 
-def track_file(fake: FakeCvat, folder, tmp_path, name: str, cli) -> tuple[str, str]:
+def track_file(fake: FakeCvat, folder, tmp_path, name: str, cli, *more: str) -> tuple[str, str]:
     """Export -> sam2-cvat-track on the file -> Upload annotations (CVAT 1.1)."""
     exported = tmp_path / f"{name}-in.xml"
     exported.write_text(fake.export_video_xml())
     output = tmp_path / f"{name}-out.xml"
     args = ("--frames", str(folder), "--annotations", str(exported), "--output", str(output))
-    status, stdout, stderr = cli(*args)
+    status, stdout, stderr = cli(*args, *more)
     assert status == 0, stderr[-3000:]
     fake.import_xml(output.read_text())
     return stdout, stderr
@@ -126,11 +126,24 @@ def test_a_rerun_after_cvats_import_replaces_its_own_output_only(three_objects, 
     groups = [s["group"] for s in fake.shapes] + [t["group"] for t in fake.tracks]
     assert len(set(groups)) == 3 and 0 not in groups
 
+    # Polygon and rectangle output went into the tracks: a marked keyframe on every frame
+    # without the person's own (the exporter's interpolated copies are not keyframes).
+    for track in fake.tracks:
+        marked = {s["frame"] for s in track["shapes"] if is_marked(s["type"], s["points"])}
+        people = {s["frame"] for s in track["shapes"]} - marked
+        assert len(people) == 1 and marked == set(range(6)) - people, track
+
     stdout, _ = track_file(fake, folder, tmp_path, "again", cli)
     assert "tracked 3 objects over 6 frames" in stdout
     assert "replacing 5 earlier output shapes and 0 output tracks" in stdout
     assert content(fake) == uploaded
     assert_one_visible_shape_per_object(fake, range(6), objects=3)
+
+    # A run of other objects moves the dog's masks to the <image> form too, so an upload
+    # keeps their group.
+    stdout, _ = track_file(fake, folder, tmp_path, "persons", cli, "--labels", "person")
+    assert "tracked 2 objects over 6 frames" in stdout
+    assert content(fake) == uploaded
 
     status, stdout, stderr = cli("--server", url, *AUTH, "--job", "1")
     assert status == 0, stderr[-3000:]

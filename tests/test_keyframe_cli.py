@@ -234,7 +234,9 @@ def test_a_rerun_replaces_its_own_output_only(job, present_checkpoint, tmp_path)
     )
 
 
-def test_clear_errors(job, present_checkpoint, tmp_path):
+def test_clear_errors_before_any_model_loads(job, tmp_path):
+    """The checks that need no model come first: with a checkpoint that does not exist,
+    the run still ends with the real problem."""
     frames = job[1]
     empty = tmp_path / "empty.xml"
     empty.write_text(cvat_xml((480, 854), NUM_FRAMES, []))
@@ -250,9 +252,40 @@ def test_clear_errors(job, present_checkpoint, tmp_path):
             "--annotations",
             str(xml),
             "--dry-run",
-            checkpoint=present_checkpoint,
+            checkpoint=tmp_path / "no-such-checkpoint.pt",
         )
         assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_video_file_is_named_as_a_source_of_other_pixels_and_output_is_quiet(
+    tmp_path, present_checkpoint
+):
+    video = tmp_path / "video.mp4"
+    mask = synthetic_video(video, 6)
+    annotations = tmp_path / "in.xml"
+    annotations.write_text(
+        cvat_xml(
+            mask.shape,
+            6,
+            [f'<track id="0" label="dog" source="manual">{mask_element(0, mask)}</track>'],
+        )
+    )
+    args = ("--frames", str(video), "--annotations", str(annotations), "--dry-run")
+    result = run_cli(*args, checkpoint=present_checkpoint)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "can differ from the frames CVAT serves" in result.stderr
+    assert "use --server, or export the task with images" in result.stderr
+    # Without a terminal: plain progress lines with the total from the first one; SAM
+    # 2's missing-extension warning once, in one line of ours.
+    lines = result.stderr.splitlines()
+    progress = [line for line in lines if line.startswith("tracking: ")]
+    assert progress[0] == "tracking: frame 0 of 6 (1 object)"
+    assert progress[-1].startswith("tracking: frame 6 of 6 (1 object, ")
+    assert "Skipping the post-processing" not in result.stderr
+    assert "UserWarning" not in result.stderr
+    assert sum("sam2._C" in line for line in lines) <= 1
+    notes = [line for line in lines if line.startswith("sam2-cvat-track: note: ")]
+    assert len(lines) == len(progress) + len(notes)
 
 
 def synthetic_video(path: Path, frames: int) -> np.ndarray:
