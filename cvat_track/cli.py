@@ -282,6 +282,7 @@ def from_server(args: argparse.Namespace) -> str:
         groups,
         job.first_frame,
         used_groups=job.task_groups(),
+        segments=job.segments,
     )
     result = track(args, job.frames, run)
     if args.dry_run:

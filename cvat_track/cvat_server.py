@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import urllib3
 from cvat_sdk import Client, models
@@ -80,17 +80,31 @@ class ServerJob:
     frame_size: tuple[int, int]  # (height, width)
     label_ids: dict[str, int]
     task_id: int
+    # The jobs annotations are read from and written to, with their frames: the job
+    # itself, or a task's annotation jobs. CVAT stores each job's annotations apart and
+    # splits what a task-level request sends by job, which a track crossing a job's end
+    # does not survive (an update answers 400), so the tool writes job by job.
+    parts: list[tuple[object, range]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._home: dict[int, tuple[object, range]] = {}  # id(API model) -> its job
 
     @property
     def first_frame(self) -> int:
         return self.frames.numbers[0]
+
+    @property
+    def segments(self) -> list[range]:
+        return [frames for _, frames in self.parts]
+
+    def _part_of_frame(self, frame: int) -> tuple[object, range]:
+        return next(part for part in self.parts if frame in part[1])
 
     def read(self) -> tuple[list[Shape], list[Track]]:
         """People's and tools' shapes and tracks of the frames being tracked (a track's
         shapes on other frames stay in its ``ref``, the API's track)."""
         names = {v: k for k, v in self.label_ids.items()}
         frames = set(self.frames.numbers)
-        annotations = self.entity.get_annotations()
 
         def shape(element, owner) -> Shape:
             """A standalone shape (``owner`` is itself) or a track's element (``owner``
@@ -106,22 +120,23 @@ class ServerJob:
                 ref=element,
             )
 
-        shapes = [
-            shape(s, s)
-            for s in annotations.shapes
-            if str(s.type.value) in SHAPE_TYPES and s.frame in frames
-        ]
-        tracks = [
-            Track(
-                names.get(t.label_id, ""),
-                [shape(e, t) for e in t.shapes if e.frame in frames],
-                t.group or 0,
-                str(t.source),
-                ref=t,
-            )
-            for t in annotations.tracks
-            if all(str(e.type.value) in SHAPE_TYPES for e in t.shapes)
-        ]
+        shapes, tracks = [], []
+        for part in self.parts:
+            proxy, part_frames = part
+            annotations = proxy.get_annotations()
+            for item in annotations.shapes:
+                # A frame two jobs overlap on is read from the first (as CVAT merges).
+                home = self._part_of_frame(item.frame) if item.frame in frames else None
+                if str(item.type.value) in SHAPE_TYPES and home is part:
+                    self._home[id(item)] = part
+                    shapes.append(shape(item, item))
+            for item in annotations.tracks:
+                if not all(str(e.type.value) in SHAPE_TYPES for e in item.shapes):
+                    continue
+                self._home[id(item)] = part
+                members = [shape(e, item) for e in item.shapes if e.frame in frames]
+                label, group = names.get(item.label_id, ""), item.group or 0
+                tracks.append(Track(label, members, group, str(item.source), item, part_frames))
         return shapes, tracks
 
     def task_groups(self) -> set[int]:
@@ -133,11 +148,11 @@ class ServerJob:
         return {item.group for item in items if item.group}
 
     def write(self, result: RunResult) -> None:
-        """The results in three requests, each atomic in CVAT: create the new output,
-        update people's items (group ids, tracks' keyframes), delete the earlier output.
-        If one fails, the ones before are undone, so the job holds its earlier
-        annotations; if undoing fails too (the server went away), the message says what
-        the job holds."""
+        """The results in three rounds of requests, one request per job and round, each
+        atomic in CVAT: create the new output, update people's items (group ids, tracks'
+        keyframes), delete the earlier output. If one fails, the ones before are undone,
+        so the job holds its earlier annotations; if undoing fails too (the server went
+        away), the message says what the job holds."""
         plan = result.plan
         rewritten = {id(t.ref): t for t in result.rewritten_tracks}
         regrouped_tracks = [i for i in plan.regrouped if isinstance(i, Track)]
@@ -145,63 +160,58 @@ class ServerJob:
             *result.rewritten_tracks,
             *(t for t in regrouped_tracks if id(t) not in rewritten),
         ]
-        created = models.PatchedLabeledDataRequest(
-            shapes=[self._shape_request(s) for s in result.new_shapes],
-            tracks=[self._track_request(t) for t in result.new_tracks],
-        )
-        updated = models.PatchedLabeledDataRequest(
-            shapes=[
-                models.LabeledShapeRequest(**{**i.ref.to_dict(), "group": i.group})
-                for i in plan.regrouped
-                if isinstance(i, Shape)
-            ],
-            tracks=[self._rewritten_request(t) for t in updated_tracks],
-        )
-        originals = models.PatchedLabeledDataRequest(
-            shapes=[
-                models.LabeledShapeRequest(**i.ref.to_dict())
-                for i in plan.regrouped
-                if isinstance(i, Shape)
-            ],
-            tracks=[self._original_request(t) for t in updated_tracks],
-        )
-        removed = models.PatchedLabeledDataRequest(
-            shapes=[models.LabeledShapeRequest(**s.ref.to_dict()) for s in plan.replaced_shapes],
-            tracks=[models.LabeledTrackRequest(**t.ref.to_dict()) for t in plan.replaced_tracks],
-        )
-        # Shape and track ids are separate sequences in CVAT: kept apart.
-        created_ids: dict[str, set[int]] = {"shapes": set(), "tracks": set()}
+        regrouped_shapes = [i for i in plan.regrouped if isinstance(i, Shape)]
+        steps = []
+        for round_ in ("create", "update", "delete"):
+            for part in self.parts:
+                proxy, frames = part
 
-        def create() -> None:
-            for kind, ids in self._patch(created, AnnotationUpdateAction.CREATE).items():
-                created_ids[kind] |= ids
+                def mine(item, part=part) -> bool:
+                    return self._home.get(id(_api_model(item))) is part
 
-        def delete_created() -> None:
-            if len(created_ids["shapes"]) < len(created.shapes) or len(created_ids["tracks"]) < len(
-                created.tracks
-            ):
-                raise _UndoImpossible("the server did not name what it created")
-            self._patch(self._requests_for(created_ids), AnnotationUpdateAction.DELETE)
-
-        steps: list[tuple[str, PatchedData, Callable[[], None], Callable[[], None]]] = [
-            ("creating the new output", created, create, delete_created),
-            (
-                "updating group ids and tracks",
-                updated,
-                lambda: self._patch(updated, AnnotationUpdateAction.UPDATE),
-                lambda: self._patch(originals, AnnotationUpdateAction.UPDATE),
-            ),
-            (
-                "deleting the earlier output",
-                removed,
-                lambda: self._patch(removed, AnnotationUpdateAction.DELETE),
-                lambda: None,
-            ),
-        ]
+                if round_ == "create":
+                    data = models.PatchedLabeledDataRequest(
+                        shapes=[
+                            self._shape_request(s)
+                            for s in result.new_shapes
+                            if self._part_of_frame(s.frame) is part
+                        ],
+                        tracks=[
+                            self._track_request(t) for t in result.new_tracks if t.home == frames
+                        ],
+                    )
+                    steps.append(self._create_step(proxy, data))
+                elif round_ == "update":
+                    tracks = [t for t in updated_tracks if mine(t)]
+                    shapes = [s for s in regrouped_shapes if mine(s)]
+                    data = models.PatchedLabeledDataRequest(
+                        shapes=[
+                            models.LabeledShapeRequest(**{**s.ref.to_dict(), "group": s.group})
+                            for s in shapes
+                        ],
+                        tracks=[self._rewritten_request(t) for t in tracks],
+                    )
+                    originals = models.PatchedLabeledDataRequest(
+                        shapes=[models.LabeledShapeRequest(**s.ref.to_dict()) for s in shapes],
+                        tracks=[self._original_request(t) for t in tracks],
+                    )
+                    steps.append(self._update_step(proxy, data, originals))
+                else:
+                    data = models.PatchedLabeledDataRequest(
+                        shapes=[
+                            models.LabeledShapeRequest(**s.ref.to_dict())
+                            for s in plan.replaced_shapes
+                            if mine(s)
+                        ],
+                        tracks=[
+                            models.LabeledTrackRequest(**t.ref.to_dict())
+                            for t in plan.replaced_tracks
+                            if mine(t)
+                        ],
+                    )
+                    steps.append(self._delete_step(proxy, data))
         done: list[Callable[[], None]] = []
-        for what, data, do, undo in steps:
-            if not (data.shapes or data.tracks):
-                continue
+        for what, do, undo in (step for step in steps if step is not None):
             try:
                 do()
             except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
@@ -223,33 +233,43 @@ class ServerJob:
                 raise ServerError(f"{failure}; nothing was changed") from error
             done.append(undo)
 
-    def _patch(self, data: models.PatchedLabeledDataRequest, action) -> dict[str, set[int]]:
-        """One PATCH; the ids of the shapes and of the tracks the server answers with."""
-        _, response = self.entity.api.partial_update_annotations(
-            action=action.value,
-            id=self.entity.id,
-            patched_labeled_data_request=data,
-            _parse_response=False,
-        )
-        answer = json.loads(response.data or b"{}")
-        return {
-            kind: {item["id"] for item in answer.get(kind) or []} for kind in ("shapes", "tracks")
-        }
+    def _create_step(self, proxy, data: PatchedData):
+        if not (data.shapes or data.tracks):
+            return None
+        # Shape and track ids are separate sequences in CVAT: kept apart.
+        created: dict[str, set[int]] = {"shapes": set(), "tracks": set()}
 
-    def _requests_for(self, ids: dict[str, set[int]]) -> models.PatchedLabeledDataRequest:
-        """The entity's shapes and tracks with these ids, as requests."""
-        annotations = self.entity.get_annotations()
-        return models.PatchedLabeledDataRequest(
-            shapes=[
-                models.LabeledShapeRequest(**s.to_dict())
-                for s in annotations.shapes
-                if s.id in ids["shapes"]
-            ],
-            tracks=[
-                models.LabeledTrackRequest(**t.to_dict())
-                for t in annotations.tracks
-                if t.id in ids["tracks"]
-            ],
+        def create() -> None:
+            for kind, ids in _patch(proxy, data, AnnotationUpdateAction.CREATE).items():
+                created[kind] |= ids
+
+        def delete_created() -> None:
+            if len(created["shapes"]) < len(data.shapes) or len(created["tracks"]) < len(
+                data.tracks
+            ):
+                raise _UndoImpossible("the server did not name what it created")
+            _patch(proxy, _requests_for(proxy, created), AnnotationUpdateAction.DELETE)
+
+        return (f"creating the new output in {_name(proxy)}", create, delete_created)
+
+    @staticmethod
+    def _update_step(proxy, data: PatchedData, originals: PatchedData):
+        if not (data.shapes or data.tracks):
+            return None
+        return (
+            f"updating group ids and tracks in {_name(proxy)}",
+            lambda: _patch(proxy, data, AnnotationUpdateAction.UPDATE),
+            lambda: _patch(proxy, originals, AnnotationUpdateAction.UPDATE),
+        )
+
+    @staticmethod
+    def _delete_step(proxy, data: PatchedData):
+        if not (data.shapes or data.tracks):
+            return None
+        return (
+            f"deleting the earlier output in {_name(proxy)}",
+            lambda: _patch(proxy, data, AnnotationUpdateAction.DELETE),
+            lambda: None,
         )
 
     def _shape_request(self, shape: Shape) -> models.LabeledShapeRequest:
@@ -321,6 +341,45 @@ class ServerJob:
 PatchedData = models.PatchedLabeledDataRequest
 
 
+def _api_model(item: Shape | Track) -> object:
+    """The API's shape or track behind a read (or rewritten) item."""
+    ref = item.ref
+    return ref.ref if isinstance(ref, Track) else ref
+
+
+def _name(proxy) -> str:
+    return f"job {proxy.id}"
+
+
+def _patch(proxy, data: PatchedData, action) -> dict[str, set[int]]:
+    """One PATCH; the ids of the shapes and of the tracks the server answers with."""
+    _, response = proxy.api.partial_update_annotations(
+        action=action.value,
+        id=proxy.id,
+        patched_labeled_data_request=data,
+        _parse_response=False,
+    )
+    answer = json.loads(response.data or b"{}")
+    return {kind: {item["id"] for item in answer.get(kind) or []} for kind in ("shapes", "tracks")}
+
+
+def _requests_for(proxy, ids: dict[str, set[int]]) -> PatchedData:
+    """The job's shapes and tracks with these ids, as requests."""
+    annotations = proxy.get_annotations()
+    return models.PatchedLabeledDataRequest(
+        shapes=[
+            models.LabeledShapeRequest(**s.to_dict())
+            for s in annotations.shapes
+            if s.id in ids["shapes"]
+        ],
+        tracks=[
+            models.LabeledTrackRequest(**t.to_dict())
+            for t in annotations.tracks
+            if t.id in ids["tracks"]
+        ],
+    )
+
+
 class _UndoImpossible(Exception):
     pass
 
@@ -367,6 +426,14 @@ def open_job(
     if len(sizes) != 1:
         raise ServerError(f"{name} has frames of several sizes: {sorted(sizes)}")
     task_id = entity.task_id if job is not None else entity.id
+    if job is not None:
+        parts = [(entity, range(entity.start_frame, entity.stop_frame + 1))]
+    else:
+        jobs = sorted(
+            (j for j in entity.get_jobs() if getattr(j.type, "value", j.type) == "annotation"),
+            key=lambda j: j.start_frame,
+        )
+        parts = [(j, range(j.start_frame, j.stop_frame + 1)) for j in jobs]
     return ServerJob(
-        client, entity, name, ServerFrames(entity, numbers), sizes.pop(), labels, task_id
+        client, entity, name, ServerFrames(entity, numbers), sizes.pop(), labels, task_id, parts
     )

@@ -68,6 +68,9 @@ class Track:
     group: int = 0
     source: str = "manual"
     ref: object = None
+    # The frames of the CVAT job the track is stored in (a task's tracks live in its
+    # jobs); None: anywhere (a file).
+    home: range | None = None
 
     def output_shapes(self) -> list[Shape]:
         """The tool's shapes in this track: the marked ones; every shape of an auto track
@@ -99,13 +102,21 @@ class TrackedObject:
     tracks: list[Track] = field(default_factory=list)  # tracks holding people's shapes
     shapes: list[Shape] = field(default_factory=list)  # people's standalone shapes
 
-    @property
-    def target(self) -> Track | None:
-        """The track the output goes into: the object's first track of its shape type
-        (none for masks, or when people drew standalone shapes only)."""
+    def target(self, segment: range) -> Track | None:
+        """The track that takes the output on the frames of ``segment`` (a job): the
+        object's first track of its shape type stored there (none for masks, or when
+        people drew standalone shapes only)."""
         if self.shape_type == "mask":
             return None
-        return next((t for t in self.tracks if t.people_shapes()[0].type == self.shape_type), None)
+        return next(
+            (
+                t
+                for t in self.tracks
+                if t.people_shapes()[0].type == self.shape_type
+                and (t.home is None or t.home == segment)
+            ),
+            None,
+        )
 
 
 @dataclass

@@ -38,6 +38,9 @@ class PreparedRun:
     num_frames: int
     direction: str
     total: int  # frames the run processes
+    # Annotation frame numbers of the CVAT jobs written to (each job stores its own
+    # tracks); one segment of every frame for a file or a single job.
+    segments: list[range]
 
 
 @dataclass
@@ -69,6 +72,7 @@ def prepare_run(
     groups: set[int] | None = None,
     first_frame: int = 0,
     used_groups: set[int] = frozenset(),
+    segments: list[range] | None = None,
 ) -> PreparedRun:
     """The objects, their keyframes as prompts, and what the run replaces; refuses a job
     without keyframes or with keyframes outside the frames. ``first_frame`` is the
@@ -95,7 +99,10 @@ def prepare_run(
             prompts.append(Keyframe(index, keyframe_prompt(shape, frame_size)))
         keyframes.append(prompts)
     total = yielded_frame_count(keyframes, direction, num_frames)
-    return PreparedRun(plan, keyframes, frame_size, first_frame, num_frames, direction, total)
+    segments = segments or [range(first_frame, first_frame + num_frames)]
+    return PreparedRun(
+        plan, keyframes, frame_size, first_frame, num_frames, direction, total, segments
+    )
 
 
 def run_prepared(
@@ -133,12 +140,19 @@ def run_prepared(
         if obj.shape_type == "mask":
             new_shapes.extend(_mask_shapes(obj, answer))
             continue
-        target = obj.target
-        output = _track_output(obj, answer, target)
-        if target is None:
-            track = Track(obj.label, output, obj.group, AUTO)
-            new_tracks.append(_closed(track, max(answer) + 1, run))
-        else:
+        for segment in run.segments:
+            part = {f: p for f, p in answer.items() if f in segment}
+            if not part:
+                continue
+            target = obj.target(segment)
+            output = _track_output(obj, part, target)
+            end = max(part) + 1
+            if target is None:
+                track = Track(obj.label, output, obj.group, AUTO, home=segment)
+                new_tracks.append(_closed(track, end, run))
+                continue
+            if end == segment.stop:  # the next job takes over: end this job's part
+                output = _closed(Track(obj.label, output), end, run).shapes
             rewritten[id(target)] = _with_output(target, output)
     rewritten_tracks = [rewritten.get(id(t)) or _with_output(t, []) for t in plan.rewritten_tracks]
     seconds = time.perf_counter() - started
@@ -208,7 +222,8 @@ def _track_output(
 
 def _closed(track: Track, end: int, run: PreparedRun) -> Track:
     """A new auto track ends at frame ``end``, after the last tracked frame (``outside``
-    there), unless that is past the frames or the track is outside already."""
+    there, also when that is the first frame of the next job, as CVAT ends a job's part
+    of a track), unless that is past the frames or the track is outside already."""
     shapes = track.shapes
     if not shapes or shapes[-1].outside:
         return track
@@ -243,4 +258,4 @@ def _with_output(track: Track, output: list[Shape]) -> Track:
     covered = {s.frame for s in output}
     people = [s for s in track.people_shapes() if not (s is closing and s.frame in covered)]
     shapes = sorted([*people, *output], key=lambda s: s.frame)
-    return Track(track.label, shapes, track.group, track.source, ref=track)
+    return Track(track.label, shapes, track.group, track.source, ref=track, home=track.home)

@@ -173,6 +173,8 @@ class FakeCvat:
                 match = re.fullmatch(r"/api/(tasks|jobs)/(\d+)(/.*)?", path)
                 if path == "/api/labels":
                     return self._send(200, fake.label_page(query))
+                if path == "/api/jobs" and self.command == "GET":
+                    return self._send(200, fake.job_page(query))
                 if not match:
                     return self._send(404, {"detail": "Not found."})
                 kind, number, rest = match.group(1), int(match.group(2)), match.group(3) or ""
@@ -196,6 +198,9 @@ class FakeCvat:
                         fake.patches += 1
                         if fake.patches in fake.fail_patches:
                             return self._send(500, {"detail": "Internal server error (test)."})
+                        refusal = fake.refuse_patch(kind, frames, query.get("action"), body)
+                        if refusal:
+                            return self._send(400, [refusal])
                         return self._send(200, fake.patch(query.get("action"), body))
                 return self._send(405, {"detail": f'Method "{self.command}" not allowed.'})
 
@@ -322,6 +327,34 @@ class FakeCvat:
             "issues": {"url": f"http://localhost/api/issues?job_id={number}", "count": 0},
         }
 
+    def job_page(self, query: dict) -> dict:
+        jobs = [self.entity("jobs", job) for job, _, _ in self.jobs()]
+        return {"count": len(jobs), "next": None, "previous": None, "results": jobs}
+
+    def refuse_patch(self, kind: str, frames: range, action: str | None, body: dict) -> str:
+        """Why CVAT would answer 400 (empty if it would not): a task-level update of a
+        track reaching into another job (CVAT splits the request by job and fails on the
+        track's id in the second: "duplicate key value violates unique constraint");
+        stricter than CVAT, anything sent to a job outside the job's frames."""
+        tracks = body.get("tracks") or []
+        if kind == "tasks" and action == "update":
+            for track in tracks:
+                jobs = {
+                    j for j, a, b in self.jobs() for s in track["shapes"] if a <= s["frame"] <= b
+                }
+                if len(jobs) > 1:
+                    return (
+                        'duplicate key value violates unique constraint "engine_labeledtrack_pkey"'
+                    )
+        if kind == "jobs" and action in ("create", "update"):
+            # A job's track may end with an outside shape on the next job's first frame,
+            # as CVAT ends a job's part of a track.
+            last = frames.stop
+            items = [*(body.get("shapes") or []), *(s for t in tracks for s in t["shapes"])]
+            if any(not frames.start <= s["frame"] <= last for s in items):
+                return "frames outside the job"
+        return ""
+
     def label_page(self, query: dict) -> dict:
         return {
             "count": len(self.labels),
@@ -369,10 +402,12 @@ class FakeCvat:
                 "version": 0,
                 "tags": [],
                 "shapes": [copy.deepcopy(s) for s in self.shapes if s["frame"] in frames],
+                # A track is stored in the job of its first frame (CVAT keeps each
+                # job's annotations apart).
                 "tracks": [
                     copy.deepcopy(t)
                     for t in self.tracks
-                    if any(e["frame"] in frames for e in t["shapes"])
+                    if min(e["frame"] for e in t["shapes"]) in frames
                 ],
             }
 
@@ -490,7 +525,7 @@ class FakeCvat:
         with self._lock:
             self.shapes[:] = [s for s in self.shapes if s["frame"] not in frames]
             self.tracks[:] = [
-                t for t in self.tracks if not any(e["frame"] in frames for e in t["shapes"])
+                t for t in self.tracks if min(e["frame"] for e in t["shapes"]) not in frames
             ]
             for shape in shapes:
                 self._create("shapes", shape)

@@ -154,31 +154,44 @@ def test_a_rerun_after_cvats_import_replaces_its_own_output_only(three_objects, 
 
 
 def test_objects_of_two_jobs_keep_their_groups_apart(cli):
-    """A dog mask in no group in each job: tracking job 1, then job 2, then the task,
-    gives two objects in two groups (group ids are read across the whole task)."""
+    """A dog mask in no group in each job, and a 'person' rectangle track in job 1:
+    tracking job 1, then job 2, then the task, gives three objects in three groups
+    (group ids are read across the whole task), each written job by job."""
     sequence = davis_sequence(SEQUENCE)
-    fake = FakeCvat(frame_paths(sequence)[:8], ["dog"], job_size=4)
+    fake = FakeCvat(frame_paths(sequence)[:8], ["dog", "person"], job_size=4)
     for frame in (0, 4):
         points = [float(v) for v in encode_mask(ground_truth(sequence, frame))]
         fake.add("shapes", {"type": "mask", "frame": frame, "label_id": 11, "points": points})
+    box = mask_to_box(ground_truth(sequence, 1))
+    fake.add(
+        "tracks",
+        {"frame": 1, "label_id": 12, "shapes": [{"type": "rectangle", "frame": 1, "points": box}]},
+    )
     server, url = fake.serve()
     try:
-        for job in ("1", "2"):
+        for job, objects in (("1", "2 objects"), ("2", "1 object")):
             status, stdout, stderr = cli("--server", url, *AUTH, "--job", job)
             assert status == 0, stderr[-3000:]
-            assert "tracked 1 object over 4 frames" in stdout
+            assert f"tracked {objects} over 4 frames" in stdout
         people = [s for s in fake.shapes if not is_marked("mask", s["points"])]
         groups = {s["frame"]: s["group"] for s in people}
+        [person_track] = fake.tracks
         assert sorted(groups) == [0, 4] and 0 not in groups.values()
-        assert groups[0] != groups[4]
+        assert len({groups[0], groups[4], person_track["group"]}) == 3
         status, stdout, stderr = cli("--server", url, *AUTH, "--task", "1")
         assert status == 0, stderr[-3000:]
-        assert "tracked 2 objects over 8 frames" in stdout
+        assert "tracked 3 objects over 8 frames" in stdout
         assert {s["group"] for s in fake.shapes} == set(groups.values())
-        # Two objects, each shown once per frame (as in SAM 2's predictor the run starts
-        # at frame 0, and job 2's dog is tracked there too, from its keyframe on 4).
+        # Three objects, each shown once per frame (as in SAM 2's predictor the run
+        # starts at frame 0, and job 2's dog is tracked there too, from its keyframe on
+        # 4). The rectangle's output stays in its job: frames 0-3 in the person's track
+        # (ended on frame 4), frames 4-7 in an auto track of job 2.
+        objects = {(11, g): 1 for g in groups.values()} | {(12, person_track["group"]): 1}
         for frame in range(8):
-            assert fake.visible(frame) == {(11, g): 1 for g in groups.values()}, frame
+            assert fake.visible(frame) == objects, frame
+        tracks = {min(s["frame"] for s in t["shapes"]): t for t in fake.tracks}
+        assert sorted(tracks) == [0, 4]
+        assert max(s["frame"] for s in tracks[0]["shapes"]) == 4
     finally:
         server.shutdown()
 
