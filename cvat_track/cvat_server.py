@@ -389,7 +389,10 @@ def _describe(error: Exception) -> str:
     if not isinstance(error, ApiException):
         return str(error)
     body = error.body.decode(errors="replace") if isinstance(error.body, bytes) else error.body
-    return f"{error.status}: {(body or error.reason or '').strip()[:300]}"
+    body = " ".join((body or "").split())
+    if not body or body.startswith("<"):  # an HTML error page says no more than its status
+        body = error.reason or ""
+    return f"{error.status}: {body[:300]}"
 
 
 def open_job(

@@ -11,7 +11,8 @@ the two decimals CVAT's exporter writes. So the mark lives there, invisible:
   pixel; CVAT's own encoder (``mask2Rle`` in cvat-core, used by every drawing and editing
   tool) never writes them, so a mask a person draws or edits is never marked;
 * a polygon or rectangle: the hundredths digit of every coordinate is a digit (1-9) of a
-  SHA-256 of the coordinates rounded down to tenths. The shape moves by less than 0.1 px.
+  SHA-256 of the coordinates rounded down to tenths. The shape moves by less than 0.1 px
+  (and stays inside the frame).
   Moving any vertex changes the digest, so an edited shape loses the mark; a shape drawn
   by hand carries it by chance with probability 9^-n for n coordinates (1 in 6561 for a
   rectangle).
@@ -41,15 +42,24 @@ def _digits(tenths: list[int]) -> list[int]:
     return [1 + byte % 9 for byte in digest[: len(tenths)]]
 
 
-def mark(shape_type: str, points: list[float]) -> list[float]:
+def mark(
+    shape_type: str, points: list[float], frame_size: tuple[int, int] | None = None
+) -> list[float]:
     """The points of one of the tool's shapes, marked. Mask: run lengths then
     ``[left, top, right, bottom]``; polygon ``[x1, y1, ...]``; rectangle ``[x1, y1, x2,
-    y2]``, in pixels."""
+    y2]``, in pixels. A coordinate moves up by 0.01-0.09 px, or down by as much where it
+    lies on the frame's right or bottom edge (``frame_size`` (height, width)), so that
+    it stays inside the frame."""
     if shape_type == "mask":
         if is_marked(shape_type, points):
             return list(points)
         return [*points[:-4], *MASK_MARK, *points[-4:]]
-    tenths = [_tenths(v) for v in points]
+    height, width = frame_size or (math.inf, math.inf)
+    limits = [width if i % 2 == 0 else height for i in range(len(points))]
+    tenths = [
+        _tenths(v) - 1 if v > limit - 0.1 else _tenths(v)
+        for v, limit in zip(points, limits, strict=True)
+    ]
     return [(t * 10 + d) / 100 for t, d in zip(tenths, _digits(tenths), strict=True)]
 
 

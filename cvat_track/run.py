@@ -127,7 +127,7 @@ def run_prepared(
                 mask = tracker.logits_mask(logits, tracked.frame_size)
                 points = encode_shape(obj.shape_type, mask)
                 answer[tracked.frame_index + run.first_frame] = (
-                    None if points is None else mark(obj.shape_type, points)
+                    None if points is None else mark(obj.shape_type, points, run.frame_size)
                 )
             done += 1
             if on_frame is not None:
@@ -145,7 +145,7 @@ def run_prepared(
             if not part:
                 continue
             target = obj.target(segment)
-            output = _track_output(obj, part, target)
+            output = _track_output(obj, part, target, run.frame_size)
             end = max(part) + 1
             if target is None:
                 track = Track(obj.label, output, obj.group, AUTO, home=segment)
@@ -192,7 +192,10 @@ def _mask_shapes(obj: TrackedObject, answer: dict[int, list | None]) -> list[Sha
 
 
 def _track_output(
-    obj: TrackedObject, answer: dict[int, list | None], target: Track | None
+    obj: TrackedObject,
+    answer: dict[int, list | None],
+    target: Track | None,
+    frame_size: tuple[int, int],
 ) -> list[Shape]:
     """The output keyframes of a polygon/rectangle object, one per tracked frame: the
     tracked shape; ``outside`` where SAM 2 does not see the object, and where a person's
@@ -207,7 +210,7 @@ def _track_output(
     for frame, points in sorted(answer.items()):
         if frame in own:
             if not own[frame].outside:  # the person's own shape continues the track here
-                last_points = mark(obj.shape_type, own[frame].points)
+                last_points = mark(obj.shape_type, own[frame].points, frame_size)
             continue
         outside = points is None or frame in people
         if not outside:
