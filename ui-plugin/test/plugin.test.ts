@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import type { CVATCore, SerializedShape, SerializedTrack, ShapeType } from '../src/ts/cvat-core';
-import { maskIoU } from '../src/ts/masks';
+import { isMarkedMask, maskIoU } from '../src/ts/masks';
 import { installPlugin, versionAtLeast } from '../src/ts/plugin';
 import { ALL_KEYFRAMES, CONVERT_TO_TRACKS, TARGET_FRAME } from '../src/ts/tracker-action';
 import { StandInCore, StandInJob } from './core-standin';
@@ -138,6 +138,23 @@ describe('tracking a mask', () => {
         await core.actions.call(job, action, { [TARGET_FRAME]: '2' }, 6, job.statesOn(6)[0].clientID!);
         assert.deepEqual((await shapesOf(job)).map((m) => [m.frame, boxX(m)]), [[2, 33], [3, 32], [5, 31], [6, 30]]);
         assert.deepEqual(fake.bodies.map((b) => b.frame), [6, 5, 3, 2]);
+    });
+
+    it('output masks carry the mark, so a re-run knows them after an upload made them "file"', async () => {
+        const { core, job, action } = await setup({ shapes: [mask(0, 30)] });
+        await core.actions.call(job, action, { [TARGET_FRAME]: '4' }, 0, job.statesOn(0)[0].clientID!);
+        const first = await shapesOf(job);
+        assert.deepEqual(first.map((m) => [m.frame, m.source, isMarkedMask(m.points)]), [
+            [0, 'manual', false], [1, 'auto', true], [2, 'auto', true], [3, 'auto', true], [4, 'auto', true],
+        ]);
+        // Export, then Upload annotations: CVAT's importer makes every source "file" (an
+        // image-layout mask keeps its group) and keeps the points as written.
+        job.commit({ shapes: first.map((m) => ({ ...m, id: undefined, clientID: undefined, source: 'file' })) },
+            { shapes: first });
+        await core.actions.call(job, action, { [TARGET_FRAME]: '4' }, 0, job.statesOn(0)[0].clientID!);
+        assert.deepEqual((await shapesOf(job)).map((m) => [m.frame, m.source, m.group, boxX(m)]), [
+            [0, 'file', 1, 30], [1, 'auto', 1, 31], [2, 'auto', 1, 32], [3, 'auto', 1, 33], [4, 'auto', 1, 34],
+        ]);
     });
 
     it('a re-run from a corrected frame replaces its own output and nothing else', async () => {

@@ -10,6 +10,17 @@ export interface MaskBox {
     bits: Uint8Array;
 }
 
+/** `sam2-cvat-track`'s mark of output masks: two empty runs before the box. No pixel
+ * changes; CVAT's own mask encoders never write them, and its importer keeps points as
+ * written while it resets `source` (see cvat_track/marker.py). */
+export function markMask(points: number[]): number[] {
+    return isMarkedMask(points) ? [...points] : [...points.slice(0, -4), 0, 0, ...points.slice(-4)];
+}
+
+export function isMarkedMask(points: number[] | undefined): boolean {
+    return !!points && points.length >= 7 && points.at(-6) === 0 && points.at(-5) === 0;
+}
+
 export function decodeMask(points: number[]): MaskBox {
     const [left, top, right, bottom] = points.slice(-4);
     const width = right - left + 1;

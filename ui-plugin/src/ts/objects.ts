@@ -5,9 +5,10 @@
 //   (correct a track on the frame where it drifts, then run again from there).
 // - Shapes (masks, and polygons or rectangles kept as shapes) with the same label and group
 //   id are one object. A run gives an ungrouped shape a new group, and marks what it
-//   creates `source: "auto"` in that group: a re-run replaces exactly those auto shapes on
-//   the frames it tracks, and never a shape a person drew or edited (CVAT turns an edited
-//   auto shape into "semi-auto"). On a frame where a person's shape of the object exists,
+//   creates `source: "auto"` in that group (masks also with `sam2-cvat-track`'s mark in
+//   the points, which survives CVAT's importer): a re-run replaces exactly those output
+//   shapes on the frames it tracks, and never a shape a person drew or edited (CVAT turns
+//   an edited auto shape into "semi-auto" and re-encodes an edited mask). On a frame where a person's shape of the object exists,
 //   the run writes nothing for it: one shape per object per frame.
 // - An ungrouped mask drawn over a tracked (auto) mask of the same label on its frame
 //   (IoU >= 0.5) is a correction of that object: it joins its group.
@@ -16,10 +17,16 @@ import type {
     Collection, CollectionActionOutput, ObjectState, SerializedShape, SerializedTrack,
     SerializedTrackShape, ShapeType,
 } from './cvat-core';
-import { maskIoU } from './masks';
+import { isMarkedMask, markMask, maskIoU } from './masks';
 import type { FrameAnswers, StartObject } from './tracking-run';
 
 export const CORRECTION_IOU = 0.5;
+
+/** Earlier output of a tracker run: `source: "auto"`, or a mask carrying the mark
+ * `sam2-cvat-track` and this plugin write (it survives CVAT's importer, `source` does not). */
+export function isOutput(shape: SerializedShape): boolean {
+    return shape.source === 'auto' || (shape.type === 'mask' && isMarkedMask(shape.points));
+}
 
 function emptyCollection(): Collection {
     return { shapes: [], tags: [], tracks: [] };
@@ -169,7 +176,7 @@ export class TrackingOutput {
                         created.shapes.push({
                             ...withoutIdentity(object.template),
                             frame,
-                            points,
+                            points: object.type === 'mask' ? markMask(points) : points,
                             source: 'auto',
                             outside: false,
                         });
@@ -208,7 +215,7 @@ export class TrackingOutput {
         const autoByFrame = new Map<number, SerializedShape[]>();
         const peoplesShapes = new Map<number, number[]>();
         for (const other of same) {
-            if (other.source === 'auto') {
+            if (isOutput(other)) {
                 autoByFrame.set(other.frame, [...(autoByFrame.get(other.frame) ?? []), other]);
             } else if (other.frame !== shape.frame && other.points) {
                 peoplesShapes.set(other.frame, other.points);
@@ -216,7 +223,7 @@ export class TrackingOutput {
         }
         // On the start frame the person's shape stands; tracked shapes there are replaced.
         const onStart = autoByFrame.get(shape.frame) ?? [];
-        if (shape.source !== 'auto' && onStart.length) {
+        if (!isOutput(shape) && onStart.length) {
             this.#deleted.shapes.push(...onStart);
         }
         autoByFrame.delete(shape.frame);
@@ -236,7 +243,7 @@ export class TrackingOutput {
         if (shape.type !== 'mask' || !shape.points) {
             return 0;
         }
-        const overlapped = job.shapes.find((other) => other.source === 'auto' && other.group
+        const overlapped = job.shapes.find((other) => isOutput(other) && other.group
             && other.type === 'mask' && other.frame === shape.frame
             && other.label_id === shape.label_id && other.points
             && maskIoU(other.points, shape.points as number[]) >= CORRECTION_IOU);
