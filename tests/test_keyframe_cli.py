@@ -5,10 +5,13 @@ on a long video."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -21,6 +24,7 @@ from tracking.engine import MaskPrompt, Sam2StreamTracker
 from tracking.shapes import mask_to_box
 from tracking.video import FolderFrames, Keyframe, KeyframeVideoTracker
 
+from cvat_track.cli import main
 from cvat_track.marker import is_marked
 
 SEQUENCE = "dog"
@@ -73,14 +77,29 @@ def cli_env(checkpoint: Path) -> dict[str, str]:
     }
 
 
-def run_cli(*args: str, checkpoint: Path):
-    return subprocess.run(
-        [sys.executable, "-m", "cvat_track.cli", *args],
-        env=cli_env(checkpoint),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, checkpoint: Path) -> CliResult:
+    """``sam2-cvat-track ARGS``: its entry point in this process (torch, SAM 2 and
+    cvat-sdk imported once, not per run), in the tool's environment, output captured."""
+    saved = dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update(cli_env(checkpoint))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = main(list(args))
+            except SystemExit as exit_:  # argparse's usage errors
+                status = exit_.code if isinstance(exit_.code, int) else 2
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return CliResult(status, out.getvalue(), err.getvalue())
 
 
 def tracks_of(path: Path) -> list[ET.Element]:
