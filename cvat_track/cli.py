@@ -128,13 +128,16 @@ def model_settings(args: argparse.Namespace, env: dict[str, str]) -> ModelSettin
     return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v})
 
 
+def objects_text(count: int) -> str:
+    return f"{count} object{'' if count == 1 else 's'}"
+
+
 def summary(result: RunResult, written: str) -> str:
     plan = result.plan
     track_shapes = sum(len(t.shapes) for t in [*result.new_tracks, *result.rewritten_tracks])
     rate = result.frames_processed / result.seconds if result.seconds else 0.0
-    objects = f"{len(plan.objects)} object{'' if len(plan.objects) == 1 else 's'}"
     return (
-        f"tracked {objects} over {result.frames_processed} frames in "
+        f"tracked {objects_text(len(plan.objects))} over {result.frames_processed} frames in "
         f"{result.seconds:.1f} s ({rate:.2f} frames/s)\n"
         f"{written}: {len(result.new_shapes)} mask shapes, {len(result.new_tracks)} new "
         f"tracks, {len(result.rewritten_tracks)} tracks with new keyframes ({track_shapes} "
@@ -162,9 +165,8 @@ class Progress:
     def print(self, done: int) -> None:
         seconds = time.perf_counter() - self.started
         rate = f", {done / seconds:.2f} frames/s" if done and seconds else ""
-        objects = f"{self.objects} object{'' if self.objects == 1 else 's'}"
         print(
-            f"tracking: frame {done} of {self.total} ({objects}{rate})",
+            f"tracking: frame {done} of {self.total} ({objects_text(self.objects)}{rate})",
             file=self.stream,
             flush=True,
         )
@@ -238,7 +240,16 @@ def from_files(args: argparse.Namespace) -> str:
             f"{size[1]}x{size[0]}"
         )
     labels, groups = filters(args)
-    run = prepare_run(frames, shapes, tracks, args.direction, labels, groups, first_frame)
+    run = prepare_run(
+        frames,
+        shapes,
+        tracks,
+        args.direction,
+        labels,
+        groups,
+        first_frame,
+        frame_size=(image.height, image.width),
+    )
     if document.is_job_export() and run.plan.regrouped:
         print(JOB_GROUPS_NOTE, file=sys.stderr)
     result = track(args, frames, run)
@@ -283,6 +294,7 @@ def from_server(args: argparse.Namespace) -> str:
         job.first_frame,
         used_groups=job.task_groups(),
         segments=job.segments,
+        frame_size=job.frame_size,
     )
     result = track(args, job.frames, run)
     if args.dry_run:

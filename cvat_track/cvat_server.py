@@ -13,6 +13,7 @@ from cvat_sdk import Client, models
 from cvat_sdk.api_client.exceptions import ApiException
 from cvat_sdk.core.client import AccessTokenCredentials
 from cvat_sdk.core.proxies.annotations import AnnotationUpdateAction
+from cvat_sdk.core.proxies.tasks import Task
 from packaging.version import InvalidVersion, Version
 from PIL import Image
 
@@ -85,9 +86,8 @@ class ServerJob:
     # splits what a task-level request sends by job, which a track crossing a job's end
     # does not survive (an update answers 400), so the tool writes job by job.
     parts: list[tuple[object, range]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._home: dict[int, tuple[object, range]] = {}  # id(API model) -> its job
+    # Group ids seen by ``read`` in every job it read (all of them for a task).
+    _groups_read: set[int] = field(default_factory=set)
 
     @property
     def first_frame(self) -> int:
@@ -124,16 +124,17 @@ class ServerJob:
         for part in self.parts:
             proxy, part_frames = part
             annotations = proxy.get_annotations()
+            items = [*annotations.shapes, *annotations.tracks, *annotations.tags]
+            self._groups_read |= {item.group for item in items if item.group}
             for item in annotations.shapes:
-                # A frame two jobs overlap on is read from the first (as CVAT merges).
+                # A frame two jobs overlap on is read from the first (as CVAT merges), and
+                # written back there: a shape's job follows from its frame.
                 home = self._part_of_frame(item.frame) if item.frame in frames else None
                 if str(item.type.value) in SHAPE_TYPES and home is part:
-                    self._home[id(item)] = part
                     shapes.append(shape(item, item))
             for item in annotations.tracks:
                 if not all(str(e.type.value) in SHAPE_TYPES for e in item.shapes):
                     continue
-                self._home[id(item)] = part
                 members = [shape(e, item) for e in item.shapes if e.frame in frames]
                 label, group = names.get(item.label_id, ""), item.group or 0
                 tracks.append(Track(label, members, group, str(item.source), item, part_frames))
@@ -143,6 +144,8 @@ class ServerJob:
         """Every group id used in the whole task (all its jobs), so that a new object
         never takes another job's group: CVAT's UI and a later ``--task`` run would merge
         them."""
+        if isinstance(self.entity, Task):  # ``read`` saw all its jobs
+            return set(self._groups_read)
         annotations = self.client.tasks.retrieve(self.task_id).get_annotations()
         items = [*annotations.shapes, *annotations.tracks, *annotations.tags]
         return {item.group for item in items if item.group}
@@ -154,64 +157,52 @@ class ServerJob:
         so the job holds its earlier annotations; if undoing fails too (the server went
         away), the message says what the job holds."""
         plan = result.plan
-        rewritten = {id(t.ref): t for t in result.rewritten_tracks}
-        regrouped_tracks = [i for i in plan.regrouped if isinstance(i, Track)]
-        updated_tracks = [
-            *result.rewritten_tracks,
-            *(t for t in regrouped_tracks if id(t) not in rewritten),
-        ]
-        regrouped_shapes = [i for i in plan.regrouped if isinstance(i, Shape)]
-        steps = []
-        for round_ in ("create", "update", "delete"):
-            for part in self.parts:
-                proxy, frames = part
+        # Every regrouped track belongs to a tracked object, so it is among the
+        # rewritten tracks (which carry its new group).
+        regrouped = [i for i in plan.regrouped if isinstance(i, Shape)]
+        creates, updates, deletes = [], [], []
+        for proxy, frames in self.parts:
 
-                def mine(item, part=part) -> bool:
-                    return self._home.get(id(_api_model(item))) is part
+            def here(shapes: list[Shape], frames=frames) -> list[Shape]:
+                return [s for s in shapes if self._part_of_frame(s.frame)[1] == frames]
 
-                if round_ == "create":
-                    data = models.PatchedLabeledDataRequest(
-                        shapes=[
-                            self._shape_request(s)
-                            for s in result.new_shapes
-                            if self._part_of_frame(s.frame) is part
-                        ],
-                        tracks=[
-                            self._track_request(t) for t in result.new_tracks if t.home == frames
-                        ],
-                    )
-                    steps.append(self._create_step(proxy, data))
-                elif round_ == "update":
-                    tracks = [t for t in updated_tracks if mine(t)]
-                    shapes = [s for s in regrouped_shapes if mine(s)]
-                    data = models.PatchedLabeledDataRequest(
-                        shapes=[
-                            models.LabeledShapeRequest(**{**s.ref.to_dict(), "group": s.group})
-                            for s in shapes
-                        ],
+            def home(tracks: list[Track], frames=frames) -> list[Track]:
+                return [t for t in tracks if t.home == frames]
+
+            creates.append(
+                self._create_step(
+                    proxy,
+                    PatchedData(
+                        shapes=[self._shape_request(s) for s in here(result.new_shapes)],
+                        tracks=[self._track_request(t) for t in home(result.new_tracks)],
+                    ),
+                )
+            )
+            tracks = home(result.rewritten_tracks)
+            updates.append(
+                self._update_step(
+                    proxy,
+                    PatchedData(
+                        shapes=[_shape_model(s, group=s.group) for s in here(regrouped)],
                         tracks=[self._rewritten_request(t) for t in tracks],
-                    )
-                    originals = models.PatchedLabeledDataRequest(
-                        shapes=[models.LabeledShapeRequest(**s.ref.to_dict()) for s in shapes],
-                        tracks=[self._original_request(t) for t in tracks],
-                    )
-                    steps.append(self._update_step(proxy, data, originals))
-                else:
-                    data = models.PatchedLabeledDataRequest(
-                        shapes=[
-                            models.LabeledShapeRequest(**s.ref.to_dict())
-                            for s in plan.replaced_shapes
-                            if mine(s)
-                        ],
-                        tracks=[
-                            models.LabeledTrackRequest(**t.ref.to_dict())
-                            for t in plan.replaced_tracks
-                            if mine(t)
-                        ],
-                    )
-                    steps.append(self._delete_step(proxy, data))
+                    ),
+                    PatchedData(
+                        shapes=[_shape_model(s) for s in here(regrouped)],
+                        tracks=[_track_model(t) for t in tracks],
+                    ),
+                )
+            )
+            deletes.append(
+                self._delete_step(
+                    proxy,
+                    PatchedData(
+                        shapes=[_shape_model(s) for s in here(plan.replaced_shapes)],
+                        tracks=[_track_model(t) for t in home(plan.replaced_tracks)],
+                    ),
+                )
+            )
         done: list[Callable[[], None]] = []
-        for what, do, undo in (step for step in steps if step is not None):
+        for what, do, undo in (step for step in creates + updates + deletes if step):
             try:
                 do()
             except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
@@ -310,9 +301,9 @@ class ServerJob:
         )
 
     def _rewritten_request(self, track: Track) -> models.LabeledTrackRequest:
-        """A track rewritten by the run (or only regrouped): its shapes on the frames
-        tracked as the run left them, its shapes on other frames unchanged."""
-        api_track = track.ref.ref if isinstance(track.ref, Track) else track.ref
+        """A track rewritten by the run: its shapes on the frames tracked as the run left
+        them, its shapes on other frames unchanged."""
+        api_track = _api_model(track)
         frames = set(self.frames.numbers)
         kept = [
             models.TrackedShapeRequest(**e.to_dict())
@@ -332,11 +323,6 @@ class ServerJob:
             }
         )
 
-    @staticmethod
-    def _original_request(track: Track) -> models.LabeledTrackRequest:
-        api_track = track.ref.ref if isinstance(track.ref, Track) else track.ref
-        return models.LabeledTrackRequest(**api_track.to_dict())
-
 
 PatchedData = models.PatchedLabeledDataRequest
 
@@ -345,6 +331,16 @@ def _api_model(item: Shape | Track) -> object:
     """The API's shape or track behind a read (or rewritten) item."""
     ref = item.ref
     return ref.ref if isinstance(ref, Track) else ref
+
+
+def _shape_model(shape: Shape, **changes) -> models.LabeledShapeRequest:
+    """The API's shape behind ``shape`` as a request, as read (or with ``changes``)."""
+    return models.LabeledShapeRequest(**{**shape.ref.to_dict(), **changes})
+
+
+def _track_model(track: Track) -> models.LabeledTrackRequest:
+    """The API's track behind ``track`` as a request, as read."""
+    return models.LabeledTrackRequest(**_api_model(track).to_dict())
 
 
 def _name(proxy) -> str:

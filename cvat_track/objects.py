@@ -29,6 +29,7 @@ The rule (README, "Which shapes are one object"):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from tracking.shapes import ShapeError, decode_rle, rasterize_polygon
@@ -56,8 +57,10 @@ class Shape:
     keyframe: bool = True
     ref: object = None  # where it came from (an XML element, an API model), for writing back
 
-    @property
+    @cached_property
     def marked(self) -> bool:
+        """Whether the points carry the tool's mark (read once: a SHA-256 for polygons
+        and rectangles, asked for again by every rule below)."""
         return is_marked(self.type, self.points)
 
 
@@ -83,6 +86,19 @@ class Track:
     def people_shapes(self) -> list[Shape]:
         output = {id(s) for s in self.output_shapes()}
         return [s for s in self.shapes if id(s) not in output]
+
+    def export_closing(self) -> Shape | None:
+        """The ``outside`` shape CVAT's exporter puts on the frame after a standalone
+        shape when it writes it as a track (CVAT for video 1.1): people's shapes ending in
+        an outside one right after their only visible one. It says where the export ended
+        the shape, not that the person saw the object leave: output replaces it."""
+        people = sorted(self.people_shapes(), key=lambda s: s.frame)
+        visible = [s for s in people if not s.outside]
+        if len(people) >= 2 and len(visible) == 1 and people[-1].outside:
+            last, before = people[-1], people[-2]
+            if before is visible[0] and last.frame == before.frame + 1:
+                return last
+        return None
 
 
 def is_output_shape(shape: Shape) -> bool:

@@ -73,12 +73,15 @@ def prepare_run(
     first_frame: int = 0,
     used_groups: set[int] = frozenset(),
     segments: list[range] | None = None,
+    frame_size: tuple[int, int] | None = None,
 ) -> PreparedRun:
     """The objects, their keyframes as prompts, and what the run replaces; refuses a job
     without keyframes or with keyframes outside the frames. ``first_frame`` is the
-    annotation frame number of ``frames[0]``."""
-    first_image = frames.read(0)
-    frame_size = (first_image.height, first_image.width)
+    annotation frame number of ``frames[0]``; ``frame_size`` (height, width), when the
+    caller has read a frame already (else frame 0 is read)."""
+    if frame_size is None:
+        first_image = frames.read(0)
+        frame_size = (first_image.height, first_image.width)
     num_frames = len(frames)
     plan = plan_objects(shapes, tracks, frame_size, labels, groups, used_groups)
     if not plan.objects:
@@ -148,11 +151,11 @@ def run_prepared(
             output = _track_output(obj, part, target, run.frame_size)
             end = max(part) + 1
             if target is None:
-                track = Track(obj.label, output, obj.group, AUTO, home=segment)
-                new_tracks.append(_closed(track, end, run))
+                output = _ended(output, end, run)
+                new_tracks.append(Track(obj.label, output, obj.group, AUTO, home=segment))
                 continue
             if end == segment.stop:  # the next job takes over: end this job's part
-                output = _closed(Track(obj.label, output), end, run).shapes
+                output = _ended(output, end, run)
             rewritten[id(target)] = _with_output(target, output)
     rewritten_tracks = [rewritten.get(id(t)) or _with_output(t, []) for t in plan.rewritten_tracks]
     seconds = time.perf_counter() - started
@@ -202,8 +205,10 @@ def _track_output(
     shape of the object outside ``target`` shows it (so CVAT shows one shape there);
     nothing where ``target`` holds a person's shape. Outside keyframes repeat the last
     points, marked; none come before the first shape."""
-    closing = _export_closing(target)
-    own = {s.frame: s for s in target.people_shapes() if s is not closing} if target else {}
+    own = {}
+    if target is not None:
+        closing = target.export_closing()
+        own = {s.frame: s for s in target.people_shapes() if s is not closing}
     people = _people_frames(obj)
     shapes: list[Shape] = []
     last_points = None
@@ -223,41 +228,21 @@ def _track_output(
     return shapes
 
 
-def _closed(track: Track, end: int, run: PreparedRun) -> Track:
-    """A new auto track ends at frame ``end``, after the last tracked frame (``outside``
+def _ended(shapes: list[Shape], end: int, run: PreparedRun) -> list[Shape]:
+    """Output keyframes ending at frame ``end``, after the last tracked frame (``outside``
     there, also when that is the first frame of the next job, as CVAT ends a job's part
-    of a track), unless that is past the frames or the track is outside already."""
-    shapes = track.shapes
-    if not shapes or shapes[-1].outside:
-        return track
-    last = shapes[-1]
-    if end < run.first_frame + run.num_frames:
-        shapes.append(
-            Shape(last.type, end, list(last.points), last.label, last.group, AUTO, outside=True)
-        )
-    return track
-
-
-def _export_closing(track: Track | None) -> Shape | None:
-    """The ``outside`` shape CVAT's exporter puts on the frame after a standalone shape
-    when it writes it as a track (CVAT for video 1.1): a track of people's shapes ending
-    in an outside one right after its only visible one. It says where the export ended
-    the shape, not that the person saw the object leave: output replaces it."""
-    if track is None:
-        return None
-    people = sorted(track.people_shapes(), key=lambda s: s.frame)
-    visible = [s for s in people if not s.outside]
-    if len(people) >= 2 and len(visible) == 1 and people[-1].outside:
-        last, before = people[-1], people[-2]
-        if before is visible[0] and last.frame == before.frame + 1:
-            return last
-    return None
+    of a track), unless that is past the frames or they end outside already."""
+    if shapes and not shapes[-1].outside and end < run.first_frame + run.num_frames:
+        last = shapes[-1]
+        closing = Shape(last.type, end, list(last.points), last.label, last.group, AUTO, True)
+        return [*shapes, closing]
+    return shapes
 
 
 def _with_output(track: Track, output: list[Shape]) -> Track:
     """``track`` with its earlier output replaced by ``output``, in frame order (the
     exporter's closing shape goes where the output covers its frame)."""
-    closing = _export_closing(track)
+    closing = track.export_closing()
     covered = {s.frame for s in output}
     people = [s for s in track.people_shapes() if not (s is closing and s.frame in covered)]
     shapes = sorted([*people, *output], key=lambda s: s.frame)

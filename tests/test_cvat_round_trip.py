@@ -14,11 +14,10 @@ import pytest
 from conftest import build_model, davis_sequence, frame_folder, frame_paths, ground_truth
 from cvat_sdk.masks import encode_mask
 from fake_cvat import FakeCvat
-from test_keyframe_cli import IMAGE_SIZE
+from test_keyframe_cli import IMAGE_SIZE, run_cli
 from tracking.engine import Sam2StreamTracker
 from tracking.shapes import mask_to_box, mask_to_polygon
 
-from cvat_track.cli import main
 from cvat_track.cvat_server import ServerError, connect, open_job
 from cvat_track.marker import is_marked
 from cvat_track.run import prepare_run, run_prepared
@@ -28,17 +27,13 @@ AUTH = ("--auth", "annotator:secret-password")
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys, present_checkpoint):
-    """``sam2-cvat-track ARGS`` in this process (the model loads per call, as in the
-    command): (exit status, stdout, stderr)."""
-    monkeypatch.setenv("SAM2_CHECKPOINT", str(present_checkpoint))
-    monkeypatch.setenv("SAM2_DEVICE", "cpu")
-    monkeypatch.setenv("SAM2_HYDRA_OVERRIDES", f"++model.image_size={IMAGE_SIZE}")
+def cli(present_checkpoint):
+    """``sam2-cvat-track ARGS`` (in this process, as tests/test_keyframe_cli.py runs it):
+    (exit status, stdout, stderr)."""
 
     def run(*args: str) -> tuple[int, str, str]:
-        status = main(list(args))
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
+        result = run_cli(*args, checkpoint=present_checkpoint)
+        return result.returncode, result.stdout, result.stderr
 
     return run
 
