@@ -12,7 +12,8 @@ had none, removes its own earlier output of the tracked objects, adds its keyfra
 the objects' tracks, and writes masks as ``<image id="frame" name="..."><mask .../>
 </image>``: CVAT's importer turns a mask ``<track>`` into a shape of group 0 but keeps
 an ``<image>`` shape's ``group_id``, so masks stay with their object through an upload.
-People's masks of tracked objects move to that form too (their content unchanged).
+Every mask track of the file (people's, other runs') moves to that form too, its
+content unchanged.
 Masks are ``<mask rle="r0, r1, ..." left top width height>``: the API's runs without
 their box, ``width = right - left + 1``.
 """
@@ -139,7 +140,6 @@ class CvatVideoXml:
                 for child in image
                 if child.tag == "mask"
             )
-        self._mask_tracks = [s for s in shapes if s.ref.tag == "track"]
         return shapes, tracks
 
     def apply(self, result: RunResult, frame_name: Callable[[int], str]) -> None:
@@ -170,9 +170,9 @@ class CvatVideoXml:
 
         # Mask tracks (people's, other runs') become <image> masks: the form whose group
         # CVAT's importer keeps.
-        tracks_left = set(self.root.findall("track"))
-        for shape in self._mask_tracks:
-            if shape.ref in tracks_left:
+        # Read again: the mask tracks left after the removals, with their new groups.
+        for shape in self.read()[0]:
+            if shape.ref.tag == "track":
                 self.root.remove(shape.ref)
                 _image_mask(image(shape.frame), shape)
         for shape in result.new_shapes:
