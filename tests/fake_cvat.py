@@ -15,6 +15,7 @@ create|update|delete``. 401 without credentials, 404 ``{"detail": "Not found."}`
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import re
 import secrets
@@ -59,7 +60,7 @@ class FakeCvat:
         self._lock = threading.Lock()
         # CVAT numbers shapes, tracks and tracks' shapes in separate sequences (one table
         # each), so a shape and a track can have the same id.
-        self._next_ids = {"shapes": 1, "tracks": 1, "tracked_shapes": 1}
+        self._ids = {kind: itertools.count(1) for kind in ("shapes", "tracks", "tracked_shapes")}
         self._sessions: dict[str, str] = {}  # sessionid -> csrftoken
         with Image.open(self.frames[0]) as image:
             self.width, self.height = image.size
@@ -102,8 +103,11 @@ class FakeCvat:
         return stored
 
     def _new_id(self, kind: str) -> int:
-        self._next_ids[kind] += 1
-        return self._next_ids[kind] - 1
+        return next(self._ids[kind])
+
+    def _frames_of(self, job: int | None) -> range:
+        """A job's frames, or the task's (``job`` None)."""
+        return self.frame_range("jobs", job) if job is not None else range(len(self.frames))
 
     def jobs(self) -> list[tuple[int, int, int]]:
         """(job id, start frame, stop frame)."""
@@ -446,7 +450,7 @@ class FakeCvat:
         copy of the keyframe's points); ``group_id`` only when non-zero; every shape as
         a track of the shape and an ``outside`` copy on the next frame, unless that frame
         is the job's last or beyond (CVAT's ``shape.frame + frame_step < stop_frame``)."""
-        frames = self.frame_range("jobs", job) if job is not None else range(len(self.frames))
+        frames = self._frames_of(job)
         start, stop = frames.start, frames.stop - 1
         names = self._label_names()
         annotations = self.annotations(frames)
@@ -487,7 +491,7 @@ class FakeCvat:
         is a mask becomes one shape of that first shape with the defaults of a tracked
         shape (``source manual``, group 0); an ``<image>`` shape keeps ``group_id`` and gets
         ``source file``, its frame found by the image's name, else its ``id``."""
-        frames = self.frame_range("jobs", job) if job is not None else range(len(self.frames))
+        frames = self._frames_of(job)
         by_name = {path.stem: i for i, path in enumerate(self.frames)}
         root = ET.fromstring(text)
         shapes, tracks = [], []
